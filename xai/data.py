@@ -1,0 +1,335 @@
+"""Datasets: tfds cats_vs_dogs, folders of images, single files, and the offline default.
+
+Every dataset is a `tf.data.Dataset` of dicts ``{"id", "image", "label"[, "mask"]}``:
+``image`` float32 (H, W, 3) in [0, 1], ``label`` int32, ``mask`` float32 (H, W) ground
+truth where known, ``id`` a string that names the image across runs (results are keyed
+on it). Class names travel as ``dataset.class_names``.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from xai.errors import DataError
+
+#: Shapes that decide the class of the offline dataset, in class order.
+OFFLINE_SHAPES = ("disc", "square", "triangle", "cross", "star")
+#: Natural-texture photographs shipped inside scikit-image (no download).
+OFFLINE_TEXTURES = ("brick", "grass", "gravel", "moon", "camera", "coins", "clock")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM")
+_SPLIT_STREAM = {"train": 0, "validation": 1, "test": 2}
+
+
+def _with_class_names(ds: tf.data.Dataset, class_names: Sequence[str]) -> tf.data.Dataset:
+    ds.class_names = tuple(class_names)
+    return ds
+
+
+def _as_size(image_size) -> tuple[int, int]:
+    if isinstance(image_size, (int, np.integer)):
+        image_size = (image_size, image_size)
+    size = tuple(int(s) for s in image_size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"image_size must be an int or (height, width); got {image_size!r}.")
+    return size
+
+
+# --------------------------------------------------------------------------------------
+# The offline default
+# --------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def _textures() -> tuple[np.ndarray, ...]:
+    import skimage.data
+
+    out = []
+    for name in OFFLINE_TEXTURES:
+        img = getattr(skimage.data, name)().astype(np.float32) / 255.0
+        out.append(img if img.ndim == 2 else img.mean(axis=-1))
+    return tuple(out)
+
+
+def _shape_mask(shape: str, size: int, cy: float, cx: float, radius: float, angle: float) -> np.ndarray:
+    import skimage.draw
+
+    def polygon(points):
+        pts = np.asarray(points, dtype=np.float64)
+        c, s = np.cos(angle), np.sin(angle)
+        rot = pts @ np.array([[c, -s], [s, c]])
+        rr, cc = skimage.draw.polygon(cy + rot[:, 0] * radius, cx + rot[:, 1] * radius, (size, size))
+        m = np.zeros((size, size), bool)
+        m[rr, cc] = True
+        return m
+
+    if shape == "disc":
+        rr, cc = skimage.draw.disk((cy, cx), radius, shape=(size, size))
+        m = np.zeros((size, size), bool)
+        m[rr, cc] = True
+        return m
+    if shape == "square":
+        h = 0.8
+        return polygon([(-h, -h), (-h, h), (h, h), (h, -h)])
+    if shape == "triangle":
+        return polygon([(-1.0, 0.0), (0.6, -0.95), (0.6, 0.95)])
+    if shape == "cross":
+        a, b = 1.0, 0.33
+        return polygon([(-a, -b), (-a, b), (-b, b), (-b, a), (b, a), (b, b), (a, b), (a, -b),
+                        (b, -b), (b, -a), (-b, -a), (-b, -b)])
+    if shape == "star":
+        t = np.arange(10) * np.pi / 5
+        r = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
+        return polygon(np.stack([-r * np.cos(t), r * np.sin(t)], axis=1))
+    raise ValueError(shape)
+
+
+def render_offline_image(index: int, *, size: int = 64, num_classes: int = 2, seed: int = 0,
+                         split: str = "train") -> tuple[np.ndarray, int, np.ndarray]:
+    """Render image `index` of the offline dataset: (image (H, W, 3), label, mask (H, W)).
+
+    The class is the shape of one object (disc, square, …) at a random position, scale,
+    rotation and colour. Everything else is drawn from the same distribution for every
+    class: a natural-texture background (random photo, crop, zoom and tint) and 2–4
+    distractors (thin strokes and small blobs in random colours), so a model can only
+    succeed by finding the object's outline. Distractors are drawn first and the object
+    over them, so the mask is exactly the object's pixels.
+    """
+    rng = np.random.default_rng([seed, _SPLIT_STREAM[split], index])
+    label = int(rng.integers(num_classes))
+    textures = _textures()
+    tex = textures[rng.integers(len(textures))]
+    crop = int(rng.integers(size, min(tex.shape) + 1))
+    y0 = int(rng.integers(tex.shape[0] - crop + 1))
+    x0 = int(rng.integers(tex.shape[1] - crop + 1))
+    patch = tex[y0:y0 + crop, x0:x0 + crop]
+    idx = (np.arange(size) * crop // size)
+    grey = patch[np.ix_(idx, idx)]
+    grey = (grey - grey.mean()) * rng.uniform(0.4, 0.8) + rng.uniform(0.35, 0.65)
+    tint = rng.uniform(0.6, 1.0, size=3)
+    image = np.clip(grey[..., None] * tint, 0.0, 1.0).astype(np.float32)
+
+    import skimage.draw
+
+    for _ in range(int(rng.integers(2, 5))):  # distractors, class-independent
+        colour = rng.uniform(0, 1, size=3)
+        if rng.random() < 0.5:
+            r0, c0, r1, c1 = rng.integers(0, size, size=4)
+            rr, cc, val = skimage.draw.line_aa(r0, c0, r1, c1)
+            keep = (rr < size) & (cc < size)
+            rr, cc, val = rr[keep], cc[keep], val[keep, None]
+            image[rr, cc] = image[rr, cc] * (1 - val) + colour * val
+        else:
+            rr, cc = skimage.draw.disk(tuple(rng.uniform(0, size, 2)), rng.uniform(1.0, 0.05 * size),
+                                       shape=(size, size))
+            image[rr, cc] = colour
+
+    radius = rng.uniform(0.16, 0.28) * size
+    cy, cx = rng.uniform(radius, size - radius, size=2)
+    mask = _shape_mask(OFFLINE_SHAPES[label], size, cy, cx, radius, rng.uniform(0, 2 * np.pi))
+    colour = rng.uniform(0, 1, size=3)
+    colour[rng.integers(3)] = rng.choice([0.05, 0.95])  # saturated, so it stands out
+    image[mask] = colour
+    return image, label, mask.astype(np.float32)
+
+
+def offline(n_images: int = 1000, image_size: int = 64, num_classes: int = 2, seed: int = 0,
+            split: str = "train") -> tf.data.Dataset:
+    """The offline default dataset, generated deterministically from `seed` (no download).
+
+    Parameters
+    ----------
+    n_images : int, default 1000
+    image_size : int, default 64
+        Square images of this side.
+    num_classes : int, 2 to 5, default 2
+        Class k is the shape ``OFFLINE_SHAPES[k]``.
+    seed : int, default 0
+    split : "train", "validation" or "test"
+        Independent streams of images for the same seed.
+
+    Examples
+    --------
+    >>> ds = offline(n_images=4, image_size=32)
+    >>> ds.class_names
+    ('disc', 'square')
+    >>> sorted(next(iter(ds)).keys())
+    ['id', 'image', 'label', 'mask']
+    """
+    if not 2 <= int(num_classes) <= len(OFFLINE_SHAPES):
+        raise ValueError(f"num_classes must be between 2 and {len(OFFLINE_SHAPES)}; got {num_classes!r}.")
+    if split not in _SPLIT_STREAM:
+        raise ValueError(f"split must be one of {sorted(_SPLIT_STREAM)}; got {split!r}.")
+    if int(n_images) < 1:
+        raise ValueError(f"n_images must be >= 1; got {n_images!r}.")
+    size = int(image_size)
+    if size < 16:
+        raise ValueError(f"image_size must be >= 16; got {image_size!r}.")
+
+    def render(i):
+        image, label, mask = render_offline_image(int(i), size=size, num_classes=int(num_classes),
+                                                  seed=int(seed), split=split)
+        return image, np.int32(label), mask
+
+    def to_element(i):
+        image, label, mask = tf.numpy_function(render, [i], (tf.float32, tf.int32, tf.float32))
+        image.set_shape((size, size, 3))
+        label.set_shape(())
+        mask.set_shape((size, size))
+        name = tf.strings.join([f"offline-{split}-s{seed}-", tf.strings.as_string(i)])
+        return {"id": name, "image": image, "label": label, "mask": mask}
+
+    ds = tf.data.Dataset.range(int(n_images)).map(
+        to_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return _with_class_names(ds, OFFLINE_SHAPES[: int(num_classes)])
+
+
+# --------------------------------------------------------------------------------------
+# tfds cats_vs_dogs (the seed's data)
+# --------------------------------------------------------------------------------------
+
+def cats_vs_dogs(split: str = "train[80%:]", image_size=224, data_dir: Optional[str] = None,
+                 download: bool = True) -> tf.data.Dataset:
+    """tfds ``cats_vs_dogs`` as the seed's CAM post loads it: [0, 1] floats resized.
+
+    The seed trains on ``train[:80%]`` and tests on the rest; the default here is the
+    held-out part, which is what explanations are evaluated on.
+
+    Raises
+    ------
+    DataError
+        When the data is not in `data_dir` and cannot be downloaded.
+    """
+    import tensorflow_datasets as tfds
+
+    size = _as_size(image_size)
+    try:
+        ds, info = tfds.load("cats_vs_dogs", split=split, as_supervised=True, with_info=True,
+                             data_dir=data_dir, download=download)
+    except Exception as exc:
+        raise DataError(
+            "tfds 'cats_vs_dogs' is not available here and could not be downloaded "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Run "
+            "`python -c \"import tensorflow_datasets as tfds; tfds.load('cats_vs_dogs')\"` once "
+            "on a machine with internet access (copy ~/tensorflow_datasets here), pass "
+            "data_dir=, or use the offline default dataset."
+        ) from exc
+
+    def to_element(index, pair):
+        image, label = pair
+        image = tf.image.resize(tf.cast(image, tf.float32) / 255.0, size)
+        return {"id": tf.strings.join(["cats_vs_dogs-", split, "-", tf.strings.as_string(index)]),
+                "image": image, "label": tf.cast(label, tf.int32)}
+
+    ds = ds.enumerate().map(to_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return _with_class_names(ds, info.features["label"].names)
+
+
+# --------------------------------------------------------------------------------------
+# Image files and folders
+# --------------------------------------------------------------------------------------
+
+def load_image(path, image_size=None) -> np.ndarray:
+    """Read one PNG/JPEG/BMP/GIF as float32 RGB in [0, 1], optionally resized.
+
+    Grey-scale is repeated to three channels; an alpha channel is dropped after
+    compositing on white (what a viewer shows).
+
+    Raises
+    ------
+    DataError
+        The file is missing or not a readable image; the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image file {str(path)!r} does not exist.")
+    data = path.read_bytes()
+    if not data.startswith(_MAGIC):
+        raise DataError(f"{str(path)!r} is not a PNG, JPEG, GIF or BMP image.")
+    try:
+        image = tf.io.decode_image(data, expand_animations=False).numpy()
+    except Exception as exc:
+        raise DataError(f"{str(path)!r} could not be decoded as an image ({exc.__class__.__name__}).") from exc
+    scale = 65535.0 if image.dtype == np.uint16 else 255.0
+    image = image.astype(np.float32) / scale
+    if image.shape[-1] in (2, 4):  # grey+alpha or RGBA
+        alpha = image[..., -1:]
+        image = image[..., :-1] * alpha + (1.0 - alpha)
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    if image_size is not None:
+        image = tf.image.resize(image, _as_size(image_size), antialias=True).numpy()
+    return np.clip(image, 0.0, 1.0).astype(np.float32)
+
+
+def load_images(paths: Sequence, image_size) -> np.ndarray:
+    """Read several image files into one (N, H, W, 3) batch at `image_size`."""
+    if not paths:
+        raise DataError("no image files given.")
+    return np.stack([load_image(p, image_size) for p in paths])
+
+
+def _list_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    if not root.is_dir():
+        raise DataError(f"dataset folder {str(root)!r} does not exist.")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DataError(f"{str(root)!r} has no class sub-folders (expected ROOT/CLASS/IMAGE files).")
+    items = []
+    for label, d in enumerate(class_dirs):
+        for f in sorted(d.iterdir()):
+            if f.is_file() and not f.name.startswith("."):
+                items.append((f, label))
+    if not items:
+        raise DataError(f"{str(root)!r} has class folders but no files in them.")
+    return [d.name for d in class_dirs], items
+
+
+def image_folder(root, image_size=224) -> tf.data.Dataset:
+    """A folder with one sub-folder per class (``ROOT/CLASS/*.png|jpg``), sorted by name.
+
+    Every file is checked before the dataset is returned, so a corrupt or foreign file is
+    reported by name up front instead of failing deep inside a later run.
+    """
+    root = Path(root)
+    size = _as_size(image_size)
+    class_names, items = _list_folder(root)
+    bad = []
+    for f, _ in items:
+        if f.suffix.lower() not in IMAGE_SUFFIXES:
+            bad.append(f"{f} (not an image file type: {', '.join(IMAGE_SUFFIXES)})")
+            continue
+        with open(f, "rb") as fh:
+            if not fh.read(8).startswith(_MAGIC):
+                bad.append(f"{f} (not a PNG, JPEG, GIF or BMP image)")
+    if bad:
+        raise DataError(f"{len(bad)} unreadable file(s) in {str(root)!r}: " + "; ".join(bad[:5]))
+
+    def generate():
+        for f, label in items:
+            rel = f.relative_to(root).as_posix()
+            yield rel, load_image(f, size), np.int32(label)
+
+    sig = (tf.TensorSpec((), tf.string), tf.TensorSpec((*size, 3), tf.float32),
+           tf.TensorSpec((), tf.int32))
+    ds = tf.data.Dataset.from_generator(generate, output_signature=sig)
+    ds = ds.map(lambda i, x, y: {"id": i, "image": x, "label": y})
+    return _with_class_names(ds, class_names)
+
+
+def load_dataset(name_or_path: str, *, n_images: int, image_size: int, seed: int = 0,
+                 num_classes: int = 2, split: Optional[str] = None) -> tf.data.Dataset:
+    """Resolve the CLI's ``--dataset`` value: "offline", "cats_vs_dogs" or a folder path."""
+    if name_or_path == "offline":
+        ds = offline(n_images=n_images, image_size=image_size, num_classes=num_classes,
+                     seed=seed, split=split or "test")
+    elif name_or_path == "cats_vs_dogs":
+        ds = cats_vs_dogs(split=split or "train[80%:]", image_size=image_size)
+    else:
+        ds = image_folder(name_or_path, image_size=image_size)
+    names = ds.class_names
+    return _with_class_names(ds.take(n_images), names)

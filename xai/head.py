@@ -1,0 +1,125 @@
+"""One forward pass that exposes what explainers differentiate or read.
+
+`ModelHead` turns a prepared model into a function image batch -> (probabilities,
+logits, extra layer outputs) from a single graph, so a method never runs the model twice
+to get the predicted class, the logit and the feature maps.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+
+from xai.errors import ModelError
+from xai.models import layer_tensors, model_spec
+
+SCORES = ("loss", "probability", "logit")
+
+
+def _ends_in_softmax(model: keras.Model, classifier: keras.layers.Layer | None) -> bool:
+    producer = model.outputs[0]._keras_history[0]
+    if isinstance(producer, keras.layers.Softmax):
+        return True
+    activation = getattr(producer, "activation", None)
+    return activation is keras.activations.softmax
+
+
+class ModelHead:
+    """Callable: images (N, H, W, C) -> dict(output, probabilities, logits, *extra layers).
+
+    ``logits`` are the classifier's pre-activation output, computed from its input and
+    weights (so a softmax Dense layer still yields logits); ``None`` when the model
+    declares no classifier layer.
+    """
+
+    def __init__(self, model: keras.Model, extra_layers: Sequence[str] = ()):
+        self.spec = model_spec(model)
+        self.classifier = (model.get_layer(self.spec.classifier_layer)
+                           if self.spec.classifier_layer else None)
+        if self.classifier is not None and not isinstance(self.classifier, keras.layers.Dense):
+            raise ModelError(f"classifier layer {self.spec.classifier_layer!r} must be a Dense layer.")
+        outputs = {"output": model.outputs[0]}
+        if self.classifier is not None:
+            outputs["classifier_input"] = layer_tensors(model, self.classifier.name)[0]
+        for name in extra_layers:
+            outputs[name] = layer_tensors(model, name)[1]
+        self._softmax_output = _ends_in_softmax(model, self.classifier)
+        self._graph = keras.Model(model.inputs, outputs, name=f"{model.name}_head")
+
+    def __call__(self, images: tf.Tensor) -> dict:
+        out = dict(self._graph(images, training=False))
+        logits = None
+        if self.classifier is not None:
+            logits = tf.matmul(out.pop("classifier_input"), self.classifier.kernel)
+            if self.classifier.use_bias:
+                logits = logits + self.classifier.bias
+        output = out["output"]
+        if self._softmax_output or logits is None:
+            probabilities = output
+        else:
+            probabilities = tf.nn.softmax(logits)
+        out.update(probabilities=probabilities, logits=logits)
+        return out
+
+    def check_score(self, score: str) -> None:
+        if score == "logit" and self.classifier is None:
+            raise ModelError("score='logit' needs the model's classifier layer (the final Dense); "
+                             "this model declares none. Use score='probability' or 'loss'.")
+
+
+def resolve_targets(targets: tf.Tensor, probabilities: tf.Tensor) -> tf.Tensor:
+    """Replace target -1 ("the model's predicted class") by the argmax of the same pass."""
+    predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+    return tf.where(targets < 0, predicted, targets)
+
+
+def class_score(score: str, out: dict, targets: tf.Tensor) -> tf.Tensor:
+    """Per-image scalar to differentiate: the seed's loss, the probability or the logit."""
+    probabilities = out["probabilities"]
+    onehot = tf.one_hot(targets, tf.shape(probabilities)[-1], dtype=probabilities.dtype)
+    if score == "loss":
+        # The seed's recipe, to the letter: Keras' categorical cross-entropy on one-hot targets.
+        return keras.losses.categorical_crossentropy(onehot, probabilities)
+    if score == "probability":
+        return tf.reduce_sum(probabilities * onehot, axis=-1)
+    if score == "logit":
+        return tf.reduce_sum(out["logits"] * tf.cast(onehot, out["logits"].dtype), axis=-1)
+    raise ValueError(f"score must be one of {SCORES}; got {score!r}.")
+
+
+REDUCTIONS = ("sum_abs", "max_abs")
+
+
+def input_gradients(head: ModelHead, images: tf.Tensor, targets: tf.Tensor, score: str) -> tf.Tensor:
+    """d score / d images for each image's target (-1: its predicted class), (N, H, W, C)."""
+    with tf.GradientTape() as tape:
+        tape.watch(images)
+        out = head(images)
+        resolved = resolve_targets(targets, out["probabilities"])
+        # Images are independent, so the gradient of the sum is each image's own gradient.
+        total = tf.reduce_sum(class_score(score, out, resolved))
+    return tape.gradient(total, images)
+
+
+def reduce_channels(gradients: tf.Tensor, reduce: str) -> tf.Tensor:
+    """(N, H, W, C) -> (N, H, W): the seed's sum of |g| over channels, or Xplique's max."""
+    if reduce == "sum_abs":
+        return tf.reduce_sum(tf.abs(gradients), axis=-1)
+    if reduce == "max_abs":
+        return tf.reduce_max(tf.abs(gradients), axis=-1)
+    raise ValueError(f"reduce must be one of {REDUCTIONS}; got {reduce!r}.")
+
+
+def compile_fn(fn, input_signature, jit_compile: bool):
+    """A `tf.function` with a fixed signature: one trace for every batch size."""
+    return tf.function(fn, input_signature=input_signature, jit_compile=jit_compile,
+                       reduce_retracing=True)
+
+
+def image_signature(spec) -> tf.TensorSpec:
+    return tf.TensorSpec((None, *spec.input_shape), tf.float32)
+
+
+TARGETS_SIGNATURE = tf.TensorSpec((None,), tf.int32)
