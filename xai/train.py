@@ -118,3 +118,14 @@ def default_model(config: DefaultModelConfig = DefaultModelConfig(), *, verbose:
 
 def default_model_path(config: DefaultModelConfig = DefaultModelConfig()) -> Path:
     return cache_dir() / "models" / f"vgg16_gap-offline-{config.key()}.keras"
+
+
+def train_cats_vs_dogs(epochs: int = 3, image_size: int = 224, data_dir=None, verbose: int = 1):
+    """The seed's recipe: ImageNet VGG16 conv base + GAP + Dense on tfds cats_vs_dogs
+    (train[:80%] to train, the rest held out). Needs both downloads once."""
+    train_ds = xdata.cats_vs_dogs("train[:80%]", image_size, data_dir=data_dir)
+    test_ds = xdata.cats_vs_dogs("train[80%:]", image_size, data_dir=data_dir)
+    model = vgg16_gap((image_size, image_size, 3), 2, weights="imagenet",
+                      class_names=train_ds.class_names)
+    train(model, train_ds, None, epochs=epochs, batch_size=32, learning_rate=1e-4, verbose=verbose)
+    return model, evaluate_accuracy(model, test_ds)

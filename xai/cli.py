@@ -1,0 +1,200 @@
+"""The ``xai`` command line: list, explain, compare, report, train.
+
+User mistakes (unknown method, missing file, incompatible model) end with a one-line
+message and exit code 2, never a TensorFlow traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from xai.errors import XAIError
+
+
+class _UserErrors(click.Group):
+    """Turn xai's user-facing errors into click's one-line usage errors."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (XAIError, ValueError, TypeError, FileNotFoundError) as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise click.ClickException(message) from None
+
+
+def _parse_params(values) -> dict:
+    """``--param smoothgrad.n_samples=10`` -> {"smoothgrad": {"n_samples": 10}}."""
+    out: dict = {}
+    for item in values:
+        try:
+            key, raw = item.split("=", 1)
+            method, name = key.split(".", 1)
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: expected METHOD.PARAM=VALUE", param_hint="--param")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(method, {})[name] = value
+    return out
+
+
+@click.group(cls=_UserErrors)
+@click.version_option(package_name="xai-saliency-bench")
+def main():
+    """xai: compare explanation methods for Keras image classifiers."""
+
+
+@main.command("list")
+def list_cmd():
+    """Registered explainers with their package, version and parameters."""
+    import xai
+
+    for name in xai.list_explainers():
+        info = xai.plugin_info(name)
+        params = ", ".join(f"{k}={p.default!r}" for k, p in info.cls.parameters.items())
+        click.echo(f"{name:18s} {info.distribution or '(no package)'} {info.version or ''}  [{params}]")
+    for name, error in xai.plugin_errors().items():
+        click.echo(f"{name:18s} FAILED TO LOAD: {error}", err=True)
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--method", "methods", multiple=True, default=("vanilla_gradient",), show_default=True,
+              help="Explainer name; repeat for several.")
+@click.option("--model", type=click.Path(dir_okay=False), default=None,
+              help="A .keras model (default: the offline default model).")
+@click.option("--target", type=int, default=None, help="Class to explain (default: predicted).")
+@click.option("--param", "params", multiple=True, help="METHOD.PARAM=VALUE, e.g. smoothgrad.n_samples=20.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="PNG file to write.")
+def explain(images, methods, model, target, params, out):
+    """The seed's picture for each IMAGE: the image, the grey map and the overlay."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    import xai
+    from xai import data, display
+    from xai.runner import resolve_model
+
+    known = xai.list_explainers()
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise xai.PluginError(f"unknown method(s) {unknown}; registered: {', '.join(known)}.")
+    net, _ = resolve_model(model, verbose=0)
+    net = xai.models.prepare_model(net)
+    spec = xai.models.model_spec(net)
+    batch = data.load_images(list(images), spec.input_shape[:2])
+    options = _parse_params(params)
+    maps = {m: xai.create_explainer(m, net, **options.get(m, {})).explain(
+        batch, None if target is None else np.full(len(batch), target)) for m in methods}
+    predicted = np.argmax(net.predict_on_batch(batch), axis=-1)
+    names = spec.class_names or tuple(str(i) for i in range(spec.num_classes))
+    figs = [display.explanation_figure(batch[i], {m: maps[m][i] for m in methods},
+                                       title=f"{Path(images[i]).name}: {names[predicted[i]]}")
+            for i in range(len(batch))]
+    out = Path(out)
+    if len(figs) == 1:
+        figs[0].savefig(out, dpi=120)
+    else:
+        for i, fig in enumerate(figs):
+            fig.savefig(out.with_name(f"{out.stem}-{i}{out.suffix}"), dpi=120)
+    for fig in figs:
+        plt.close(fig)
+    click.echo(f"wrote {out if len(figs) == 1 else out.with_name(out.stem + '-*' + out.suffix)}")
+
+
+@main.command()
+@click.option("--methods", default=None, help="Comma-separated explainers (default: all registered).")
+@click.option("--dataset", default="offline", show_default=True,
+              help="offline, cats_vs_dogs, or a folder with one sub-folder per class.")
+@click.option("--model", type=click.Path(dir_okay=False), default=None,
+              help="A .keras model (default: the offline default model, trained once and cached).")
+@click.option("--n-images", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--metrics", default=",".join(("deletion", "insertion", "pointing_game",
+                                             "relevance_mass", "sanity")), show_default=True)
+@click.option("--protocol", type=click.Choice(["rise", "xplique"]), default="rise", show_default=True,
+              help="Deletion/insertion preset (see docs/metrics.md).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--param", "params", multiple=True, help="METHOD.PARAM=VALUE, e.g. smoothgrad.n_samples=20.")
+@click.option("--out", type=click.Path(file_okay=False), default="xai-runs", show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def compare(methods, dataset, model, n_images, metrics, protocol, seed, batch_size, params, out, quiet):
+    """Run every method on every image, score it, store the results, write the report.
+
+    Rerunning the same command resumes the run: finished work is not recomputed.
+    """
+    from xai.runner import CompareConfig
+    from xai.runner import compare as run_compare
+
+    config = CompareConfig(
+        methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
+        method_params=_parse_params(params), dataset=dataset, model=model, n_images=n_images,
+        metrics=[m.strip() for m in metrics.split(",") if m.strip()], protocol=protocol,
+        seed=seed, batch_size=batch_size, out=out)
+    run_dir = run_compare(config, quiet=quiet)
+    _summarise_run(run_dir)
+
+
+def _summarise_run(run_dir: Path):
+    data = json.loads((run_dir / "results.json").read_text())
+    click.echo(f"run directory: {run_dir}")
+    for row in data["summary"]:
+        if row["metric"] in ("deletion", "insertion", "pointing_game", "relevance_mass"):
+            mean = "nan" if row["mean"] is None else f"{row['mean']:.3f}"
+            click.echo(f"  {row['metric']:15s} #{row['rank']} {row['method']:18s} {mean}")
+    for f in data["failures"]:
+        click.echo(f"  FAILED {f['method']} batch {f['batch']}: {f['error']}", err=True)
+    click.echo(f"report: {run_dir / 'report.html'}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+def report(run_dir):
+    """Render the report of RUN_DIR again from its stored results (no recomputation)."""
+    from xai.report import write_report
+
+    if not (Path(run_dir) / "results.sqlite").is_file():
+        raise XAIError(f"{run_dir} holds no results.sqlite; is it a directory made by xai compare?")
+    click.echo(f"wrote {write_report(run_dir)}")
+
+
+@main.command()
+@click.option("--dataset", type=click.Choice(["offline", "cats_vs_dogs"]), default="offline", show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Default: the recipe's.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Where to save (.keras). Default for offline: the model cache.")
+@click.option("--retrain", is_flag=True, help="Train even if the cached model exists.")
+def train(dataset, epochs, out, retrain):
+    """Train the shared VGG16-GAP: the offline default from scratch, or cats_vs_dogs
+    from ImageNet weights (the seed's recipe; needs the downloads once)."""
+    import dataclasses
+
+    from xai import train as tr
+    from xai.models import save_model
+
+    if dataset == "offline":
+        config = tr.DefaultModelConfig()
+        if epochs:
+            config = dataclasses.replace(config, epochs=epochs)
+        if out is None:
+            model = tr.default_model(config, retrain=retrain)
+            path = tr.default_model_path(config)
+        else:
+            model, _ = tr.train_default_model(config)
+            path = save_model(model, out)
+        test = tr.evaluate_accuracy(model, __import__("xai.data", fromlist=["offline"]).offline(
+            1000, config.image_size, num_classes=config.num_classes, seed=config.seed, split="test"))
+        click.echo(f"saved {path}; held-out accuracy {test:.3f}")
+        return
+    model, accuracy = tr.train_cats_vs_dogs(epochs=epochs or 3)
+    path = save_model(model, out or "vgg16_gap_cats_vs_dogs.keras")
+    click.echo(f"saved {path}; held-out accuracy {accuracy:.3f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

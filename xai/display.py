@@ -1,0 +1,76 @@
+"""The seed's pictures: a map in grey, overlaid on the image, and grids of methods.
+
+Functions return matplotlib figures; nothing is shown or saved unless asked.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def to_grey(saliency: np.ndarray) -> np.ndarray:
+    """Min-max normalise a map to uint8 0..255 (the seed's step 4); constant -> zeros."""
+    m = np.asarray(saliency, dtype=np.float64)
+    if m.ndim != 2:
+        raise ValueError(f"a map must be (H, W); got shape {m.shape}.")
+    lo, hi = np.min(m), np.max(m)
+    if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
+        return np.zeros(m.shape, np.uint8)
+    return (255 * (m - lo) / (hi - lo)).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, saliency: np.ndarray, alpha: float = 0.5,
+            cmap: str = "jet") -> np.ndarray:
+    """Blend the coloured normalised map over an RGB image in [0, 1]; returns RGB float."""
+    heat = plt.get_cmap(cmap)(to_grey(saliency) / 255.0)[..., :3]
+    return np.clip((1 - alpha) * np.asarray(image)[..., :3] + alpha * heat, 0, 1)
+
+
+def explanation_figure(image: np.ndarray, maps: Mapping[str, np.ndarray],
+                       title: Optional[str] = None) -> plt.Figure:
+    """One image: the image, then per method its grey map and its overlay."""
+    cols = 1 + 2 * len(maps)
+    fig, axes = plt.subplots(1, cols, figsize=(2.2 * cols, 2.6), squeeze=False)
+    axes = axes[0]
+    axes[0].imshow(np.clip(image, 0, 1))
+    axes[0].set_title(title or "image", fontsize=9)
+    for k, (name, m) in enumerate(maps.items()):
+        axes[1 + 2 * k].imshow(to_grey(m), cmap="gray", vmin=0, vmax=255)
+        axes[1 + 2 * k].set_title(f"{name}", fontsize=9)
+        axes[2 + 2 * k].imshow(overlay(image, m))
+        axes[2 + 2 * k].set_title(f"{name} overlay", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def grid_figure(images: Sequence[np.ndarray], maps_by_method: Mapping[str, Sequence[np.ndarray]],
+                row_titles: Optional[Sequence[str]] = None,
+                masks: Optional[Sequence[Optional[np.ndarray]]] = None) -> plt.Figure:
+    """Images x methods: each row an image, each method a grey map and an overlay."""
+    methods = list(maps_by_method)
+    rows, cols = len(images), 1 + 2 * len(methods)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.0 * rows), squeeze=False)
+    for r, image in enumerate(images):
+        axes[r, 0].imshow(np.clip(image, 0, 1))
+        if masks is not None and masks[r] is not None:
+            axes[r, 0].contour(masks[r], levels=[0.5], colors="white", linewidths=0.8)
+        axes[r, 0].set_title(row_titles[r] if row_titles else "image", fontsize=7)
+        for k, method in enumerate(methods):
+            m = maps_by_method[method][r]
+            axes[r, 1 + 2 * k].imshow(to_grey(m), cmap="gray", vmin=0, vmax=255)
+            axes[r, 2 + 2 * k].imshow(overlay(image, m))
+            if r == 0:
+                axes[r, 1 + 2 * k].set_title(method, fontsize=8)
+                axes[r, 2 + 2 * k].set_title("overlay", fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,164 @@
+"""Render a run's stored results: report.html (self-contained), report.md, results.json,
+results.csv and the figures as PNG. Reads the results store only; recomputes nothing."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+from pathlib import Path
+
+import jinja2
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from xai import display  # noqa: E402
+from xai.evaluation import statistics as st  # noqa: E402
+from xai.store import ResultsStore  # noqa: E402
+
+#: Metric -> (higher is better, one-line meaning).
+METRIC_INFO = {
+    "deletion": (False, "area under the deletion curve (RISE); lower = more faithful"),
+    "insertion": (True, "area under the insertion curve (RISE); higher = more faithful"),
+    "pointing_game": (True, "share of maps whose maximum lies on the object (Zhang et al. 2016)"),
+    "relevance_mass": (True, "share of positive map mass on the object (Arras et al. 2022)"),
+    "seconds_per_image": (False, "explanation time per image on this machine"),
+}
+
+
+def summary_table(values: list[dict]) -> list[dict]:
+    """Per metric and method: summary, rank, and a paired test against the best method."""
+    by_metric: dict = {}
+    for row in values:
+        by_metric.setdefault(row["metric"], {}).setdefault(row["method"], {})[row["image_id"]] = row["value"]
+    table = []
+    for metric in sorted(by_metric, key=lambda m: list(METRIC_INFO).index(m) if m in METRIC_INFO else 99):
+        per_method = by_metric[metric]
+        higher = METRIC_INFO.get(metric, (True, ""))[0]
+        summaries = {m: st.summarise(list(v.values())) for m, v in per_method.items()}
+        ranks = st.rank_methods({m: s["mean"] for m, s in summaries.items()}, higher)
+        best = min(ranks, key=ranks.get)
+        for method in sorted(per_method, key=lambda m: ranks[m]):
+            common = sorted(set(per_method[method]) & set(per_method[best]))
+            test = (st.paired_test([per_method[method][i] for i in common],
+                                   [per_method[best][i] for i in common])
+                    if method != best else {"p_value": None, "n": len(common)})
+            table.append({"metric": metric, "method": method, "rank": ranks[method],
+                          "higher_is_better": higher, **summaries[method],
+                          "p_vs_best": test["p_value"], "best": best})
+    return table
+
+
+def _png(fig, path: Path) -> str:
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def _curve_figure(metric: str, curves: dict):
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    for method, (x, y) in sorted(curves.items()):
+        mean = y.mean(axis=0)
+        half = 1.96 * y.std(axis=0, ddof=1) / np.sqrt(len(y)) if len(y) > 1 else np.zeros_like(mean)
+        ax.plot(x, mean, label=method)
+        ax.fill_between(x, mean - half, mean + half, alpha=0.2)
+    ax.set_xlabel("fraction of pixels " + ("deleted" if metric == "deletion" else "inserted"))
+    ax.set_ylabel("target-class score")
+    ax.set_title(f"{metric} (mean, 95% CI band)")
+    ax.set_xlim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _sanity_figure(sanity: dict):
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    for method, r in sorted(sanity.items()):
+        if "layers" in r:
+            ys = [np.nan if v is None else v for v in r["spearman_mean"]]
+            ax.plot(range(len(ys)), ys, marker="o", label=method)
+            ax.set_xticks(range(len(r["layers"])), r["layers"], rotation=30, fontsize=7)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_ylabel("Spearman vs original map")
+    ax.set_title("cascading randomisation (top layer first)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _fmt(v, digits=3):
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}" if abs(v) < 1e-3 and v != 0 else f"{v:.{digits}f}"
+    return str(v)
+
+
+def write_report(run_dir) -> Path:
+    """Write every report file into `run_dir` from its results store; returns report.html."""
+    run_dir = Path(run_dir)
+    store = ResultsStore(run_dir)
+    config = store.config
+    values = store.values()
+    table = summary_table(values)
+    figures_dir = run_dir / "figures"
+    figures_dir.mkdir(exist_ok=True)
+
+    figures = []
+    for metric in ("deletion", "insertion"):
+        curves = store.curves(metric)
+        if curves:
+            figures.append({"title": f"{metric.capitalize()} curves", "file": f"figures/{metric}.png",
+                            "data": _png(_curve_figure(metric, curves), figures_dir / f"{metric}.png")})
+    examples = store.examples()
+    if examples:
+        ids = list(examples)
+        methods = sorted({m for e in examples.values() for m in e["maps"]})
+        complete = [i for i in ids if all(m in examples[i]["maps"] for m in methods)]
+        if complete:
+            fig = display.grid_figure([examples[i]["image"] for i in complete],
+                                      {m: [examples[i]["maps"][m] for i in complete] for m in methods},
+                                      row_titles=complete, masks=[examples[i]["mask"] for i in complete])
+            figures.append({"title": "Examples (grey map and overlay; white outline = object mask)",
+                            "file": "figures/examples.png",
+                            "data": _png(fig, figures_dir / "examples.png")})
+    sanity = store.extra("sanity", {})
+    if any("layers" in r for r in sanity.values()):
+        figures.append({"title": "Sanity check: model parameter randomisation",
+                        "file": "figures/sanity.png",
+                        "data": _png(_sanity_figure(sanity), figures_dir / "sanity.png")})
+
+    protocols = {m: store.extra(f"protocol_{m}") for m in ("deletion", "insertion")}
+    protocols = {k: v for k, v in protocols.items() if v}
+    context = {
+        "config": config, "table": table, "figures": figures, "failures": store.failures(),
+        "sanity": sanity, "protocols": protocols, "metric_info": METRIC_INFO,
+        "skipped": store.extra("skipped_metrics", {}), "n_images": store.n_images(),
+        "timings": store.timings(), "fmt": _fmt, "run_id": run_dir.name,
+        "sanity_layers": next((r["layers"] for r in sanity.values() if "layers" in r), []),
+    }
+    env = jinja2.Environment(loader=jinja2.PackageLoader("xai", "templates"),
+                             autoescape=jinja2.select_autoescape(["html", "j2"]),
+                             undefined=jinja2.StrictUndefined)
+    (run_dir / "report.html").write_text(env.get_template("report.html.j2").render(**context))
+    md_env = jinja2.Environment(loader=jinja2.PackageLoader("xai", "templates"), autoescape=False,
+                                undefined=jinja2.StrictUndefined)
+    (run_dir / "report.md").write_text(md_env.get_template("report.md.j2").render(**context))
+
+    rows = st.tidy(values)
+    with open(run_dir / "results.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["image_id", "method", "metric", "value"])
+        writer.writeheader()
+        writer.writerows(rows)
+    clean = lambda v: None if isinstance(v, float) and not np.isfinite(v) else v  # noqa: E731
+    (run_dir / "results.json").write_text(json.dumps({
+        "config": config, "summary": [{k: clean(v) for k, v in r.items()} for r in table],
+        "sanity": sanity, "failures": store.failures(), "protocols": protocols,
+        "values": [{k: clean(v) for k, v in r.items()} for r in rows],
+    }, indent=1))
+    store.close()
+    return run_dir / "report.html"
+
