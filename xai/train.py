@@ -71,7 +71,8 @@ def train(model: keras.Model, train_ds: tf.data.Dataset, val_ds: Optional[tf.dat
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss="categorical_crossentropy", metrics=["accuracy"])
     start = time.perf_counter()
-    history = model.fit(train_sup, validation_data=val_sup, epochs=epochs, verbose=verbose)
+    # shuffle=False: the dataset is already shuffled (seeded) above; Keras ignores it anyway.
+    history = model.fit(train_sup, validation_data=val_sup, epochs=epochs, verbose=verbose, shuffle=False)
     seconds = time.perf_counter() - start
     result = {"history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
               "seconds": seconds}
