@@ -82,7 +82,7 @@ def main():
     fwd, fwd_bwd = floors(model, images, targets, n, args.jit)
     t_fwd, t_fwd_bwd = median_time(fwd, args.repeats), median_time(fwd_bwd, args.repeats)
     sg_rows = n * args.samples
-    fwd_sg, fwd_bwd_sg = floors(model, images, targets, min(sg_rows, 64), args.jit)
+    _, fwd_bwd_sg = floors(model, images, targets, min(sg_rows, 64), args.jit)
     t_fwd_bwd_sg = median_time(fwd_bwd_sg, args.repeats) * (sg_rows / min(sg_rows, 64))
     curve_rows = n * (args.steps + 1)
     fwd_curve, _ = floors(model, images, targets, min(curve_rows, 256), args.jit)

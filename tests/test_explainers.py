@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 import xai
-from xai.errors import ModelError, PluginError
+from xai.errors import ModelError
 from xai.testing import check_explainer
 
 

@@ -1,10 +1,8 @@
 import subprocess
 import sys
 import textwrap
-from importlib import metadata
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import xai

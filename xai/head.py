@@ -18,7 +18,7 @@ from xai.models import layer_tensors, model_spec
 SCORES = ("loss", "probability", "logit")
 
 
-def _ends_in_softmax(model: keras.Model, classifier: keras.layers.Layer | None) -> bool:
+def _ends_in_softmax(model: keras.Model) -> bool:
     producer = model.outputs[0]._keras_history[0]
     if isinstance(producer, keras.layers.Softmax):
         return True
@@ -45,7 +45,7 @@ class ModelHead:
             outputs["classifier_input"] = layer_tensors(model, self.classifier.name)[0]
         for name in extra_layers:
             outputs[name] = layer_tensors(model, name)[1]
-        self._softmax_output = _ends_in_softmax(model, self.classifier)
+        self._softmax_output = _ends_in_softmax(model)
         self._graph = keras.Model(model.inputs, outputs, name=f"{model.name}_head")
 
     def __call__(self, images: tf.Tensor) -> dict:
