@@ -19,6 +19,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 import tensorflow as tf
 
+from xai.baselines import blur
 from xai.errors import DataError
 from xai.explainer import check_images, check_targets
 from xai.head import ModelHead
@@ -104,14 +105,7 @@ def gaussian_blur(images, kernel_size: int = 11, sigma: float = 5.0) -> np.ndarr
     RISE builds its kernel by Gaussian-filtering an 11x11 delta (tails reflected back in);
     this is the sampled Gaussian normalised to 1, which differs by under 1% per weight.
     """
-    r = np.arange(kernel_size) - (kernel_size - 1) / 2
-    g = np.exp(-(r ** 2) / (2 * sigma ** 2))
-    kernel = np.outer(g, g)
-    kernel /= kernel.sum()
-    x = tf.convert_to_tensor(images, tf.float32)
-    channels = int(x.shape[-1])
-    k = tf.constant(np.tile(kernel[:, :, None, None], (1, 1, channels, 1)), tf.float32)
-    return tf.nn.depthwise_conv2d(x, k, strides=[1, 1, 1, 1], padding="SAME").numpy()
+    return blur(images, kernel_size, sigma).numpy()
 
 
 def make_baseline(images: np.ndarray, baseline) -> tuple[np.ndarray, str]:

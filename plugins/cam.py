@@ -5,7 +5,15 @@ from __future__ import annotations
 import tensorflow as tf
 
 from xai.explainer import BATCH_SIZE, JIT_COMPILE, Explainer, Param
-from xai.head import TARGETS_SIGNATURE, ModelHead, compile_fn, image_signature, resolve_targets
+from xai.head import (
+    INTERPOLATIONS,
+    TARGETS_SIGNATURE,
+    ModelHead,
+    compile_fn,
+    image_signature,
+    resolve_targets,
+    upsample,
+)
 from xai.registry import register_explainer
 
 
@@ -36,7 +44,7 @@ class CAM(Explainer):
 
     parameters = {
         "relu": Param(False, bool, doc="Clip negative evidence."),
-        "interpolation": Param("bilinear", choices=("bilinear", "nearest"),
+        "interpolation": Param("bilinear", choices=INTERPOLATIONS,
                                doc="Upsampling from the feature grid to the input size."),
         "batch_size": BATCH_SIZE,
         "jit_compile": JIT_COMPILE,
@@ -60,8 +68,7 @@ class CAM(Explainer):
         cam = self.feature_cam(images, targets)
         if self.resolved["relu"]:
             cam = tf.nn.relu(cam)
-        size = self.spec.input_shape[:2]
-        return tf.image.resize(cam[..., None], size, method=self.resolved["interpolation"])[..., 0]
+        return upsample(cam, self.spec.input_shape[:2], self.resolved["interpolation"])
 
     def _explain_batch(self, images, targets, offset):
         return self._maps(images, targets)

@@ -6,9 +6,19 @@ import math
 
 import tensorflow as tf
 
-from xai.explainer import BATCH_SIZE, JIT_COMPILE, Explainer, Param
-from xai.head import (REDUCTIONS, SCORES, TARGETS_SIGNATURE, ModelHead, compile_fn,
-                      image_signature, input_gradients, reduce_channels, resolve_targets)
+from xai.explainer import BATCH_SIZE, JIT_COMPILE, Explainer, Param, copy_chunks
+from xai.head import (
+    INDEX_SIGNATURE,
+    REDUCTIONS,
+    SCORES,
+    TARGETS_SIGNATURE,
+    ModelHead,
+    compile_fn,
+    image_signature,
+    input_gradients,
+    reduce_channels,
+    targets_fn,
+)
 from xai.registry import register_explainer
 
 
@@ -51,13 +61,11 @@ class SmoothGrad(Explainer):
         self._head = ModelHead(self.model)
         self._head.check_score(self.resolved["score"])
         image_sig = image_signature(self.spec)
-        index_sig = tf.TensorSpec((None,), tf.int32)
         jit = self.resolved["jit_compile"]
-        self._predict = compile_fn(lambda x, t: resolve_targets(t, self._head(x)["probabilities"]),
-                                   [image_sig, TARGETS_SIGNATURE], jit)
+        self._predict = targets_fn(self._head, self.spec, jit)
         self._accumulate = compile_fn(
             self._accumulate_rows,
-            [image_sig, TARGETS_SIGNATURE, image_sig, index_sig, index_sig], jit)
+            [image_sig, TARGETS_SIGNATURE, image_sig, INDEX_SIGNATURE, INDEX_SIGNATURE], jit)
 
     def _images_per_call(self):
         return max(1, self.resolved["batch_size"] // self.resolved["n_samples"])
@@ -81,13 +89,10 @@ class SmoothGrad(Explainer):
         n_samples, batch_size = self.resolved["n_samples"], self.resolved["batch_size"]
         if bool(tf.reduce_any(targets < 0)):
             targets = self._predict(images, targets)
-        n = int(images.shape[0])
-        rows = tf.repeat(tf.range(n, dtype=tf.int32), n_samples)
-        counters = (offset + rows) * n_samples + tf.tile(tf.range(n_samples, dtype=tf.int32), [n])
         total = tf.zeros_like(images)
-        for start in range(0, n * n_samples, batch_size):
-            stop = start + batch_size
-            total = self._accumulate(images, targets, total, rows[start:stop], counters[start:stop])
+        for rows, samples in copy_chunks(int(images.shape[0]), n_samples, batch_size):
+            counters = (offset + rows) * n_samples + samples
+            total = self._accumulate(images, targets, total, rows, counters)
         return reduce_channels(total / n_samples, self.resolved["reduce"])
 
     def n_model_calls(self, n_images: int) -> int:

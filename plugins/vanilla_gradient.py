@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from xai.explainer import BATCH_SIZE, JIT_COMPILE, Explainer, Param
-from xai.head import (REDUCTIONS, SCORES, TARGETS_SIGNATURE, ModelHead, compile_fn,
-                      image_signature, input_gradients, reduce_channels)
+from xai.head import (
+    REDUCTIONS,
+    SCORES,
+    TARGETS_SIGNATURE,
+    ModelHead,
+    compile_fn,
+    image_signature,
+    input_gradients,
+    reduce_channels,
+)
 from xai.registry import register_explainer
 
 

@@ -8,16 +8,20 @@ from xai.errors import ModelError
 from xai.testing import check_explainer
 
 
+#: Cheap settings for the sampling methods; every other parameter keeps its default.
+FAST_PARAMS = {"smoothgrad": {"n_samples": 4}, "integrated_gradients": {"steps": 8},
+               "rise": {"n_masks": 64}, "occlusion": {"patch_size": 16, "stride": 16}}
+
+
 @pytest.mark.parametrize("name", xai.list_explainers())
 def test_contract_suite_passes_for_every_registered_explainer(name, tiny_model):
-    params = {"n_samples": 4} if name == "smoothgrad" else {}
-    passed = check_explainer(name, tiny_model, params=params)
+    passed = check_explainer(name, tiny_model, params=FAST_PARAMS.get(name, {}))
     assert {"shape", "dtype", "finite", "deterministic", "clear errors"} <= set(passed)
 
 
 @pytest.mark.parametrize("name", xai.list_explainers())
 def test_nested_model_gives_the_same_maps(name, tiny_model, nested_model, images):
-    params = {"n_samples": 3} if name == "smoothgrad" else {}
+    params = FAST_PARAMS.get(name, {})
     flat_maps = xai.create_explainer(name, tiny_model, **params).explain(images, [0, 1, 0, 1])
     nested_maps = xai.create_explainer(name, nested_model, **params).explain(images, [0, 1, 0, 1])
     np.testing.assert_allclose(nested_maps, flat_maps, rtol=1e-5, atol=1e-7)

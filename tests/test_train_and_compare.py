@@ -20,7 +20,9 @@ import xai
 from xai.cli import main
 from xai.runner import CompareConfig, compare
 
-SMALL = ["--n-images", "8", "--batch-size", "4", "--param", "smoothgrad.n_samples=4", "--quiet"]
+SMALL = ["--n-images", "8", "--batch-size", "4", "--param", "smoothgrad.n_samples=4",
+         "--param", "rise.n_masks=128", "--param", "integrated_gradients.steps=8",
+         "--param", "occlusion.patch_size=16", "--param", "occlusion.stride=16", "--quiet"]
 
 
 def test_offline_default_model_reaches_the_accuracy_bar(trained_default):

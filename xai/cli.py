@@ -143,10 +143,13 @@ def compare(methods, dataset, model, n_images, metrics, protocol, seed, batch_si
 def _summarise_run(run_dir: Path):
     data = json.loads((run_dir / "results.json").read_text())
     click.echo(f"run directory: {run_dir}")
-    for row in data["summary"]:
-        if row["metric"] in ("deletion", "insertion", "pointing_game", "relevance_mass"):
-            mean = "nan" if row["mean"] is None else f"{row['mean']:.3f}"
-            click.echo(f"  {row['metric']:15s} #{row['rank']} {row['method']:18s} {mean}")
+    shown = [row for row in data["summary"]
+             if row["metric"] in ("deletion", "insertion", "pointing_game", "relevance_mass")]
+    width = max((len(row["method"]) for row in shown), default=0)
+    for row in shown:
+        mean = "nan" if row["mean"] is None else f"{row['mean']:.3f}"
+        rank = f"#{row['rank']}"
+        click.echo(f"  {row['metric']:15s} {rank:>3s} {row['method']:{width}s} {mean}")
     for f in data["failures"]:
         click.echo(f"  FAILED {f['method']} batch {f['batch']}: {f['error']}", err=True)
     click.echo(f"report: {run_dir / 'report.html'}")

@@ -189,6 +189,20 @@ class Explainer:
         return f"{type(self).__name__}({args})"
 
 
+def copy_chunks(n_images: int, n_copies: int, batch_size: int):
+    """Every (image, copy) pair of a batch, image-major, in chunks of `batch_size` rows.
+
+    Sampling and perturbation methods push many copies of each image through the model;
+    chunking the pairs (not the images) keeps every model call full and memory bounded
+    by `batch_size` whatever the number of copies. Yields (rows, copies) int32 tensors.
+    """
+    rows = np.repeat(np.arange(n_images, dtype=np.int32), n_copies)
+    copies = np.tile(np.arange(n_copies, dtype=np.int32), n_images)
+    for start in range(0, len(rows), batch_size):
+        yield (tf.constant(rows[start:start + batch_size]),
+               tf.constant(copies[start:start + batch_size]))
+
+
 def check_images(images, spec: ModelSpec) -> np.ndarray:
     """Validate a batch against the model: rank 4, size and channels, finite values."""
     if isinstance(images, tf.Tensor):

@@ -103,6 +103,31 @@ def input_gradients(head: ModelHead, images: tf.Tensor, targets: tf.Tensor, scor
     return tape.gradient(total, images)
 
 
+def layer_gradients(head: ModelHead, images: tf.Tensor, targets: tf.Tensor, score: str,
+                    layer: str) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Layer `layer`'s output A, d score / dA and the resolved targets, from one pass.
+
+    `head` must have been built with `layer` among its ``extra_layers``.
+    """
+    with tf.GradientTape() as tape:
+        # Watching the input records every op downstream, so the gradient with respect to
+        # an intermediate output exists even when the model's weights are frozen.
+        tape.watch(images)
+        out = head(images)
+        resolved = resolve_targets(targets, out["probabilities"])
+        total = tf.reduce_sum(class_score(score, out, resolved))
+    activations = out[layer]
+    return activations, tape.gradient(total, activations), resolved
+
+
+def upsample(maps: tf.Tensor, size, method: str = "bilinear") -> tf.Tensor:
+    """(N, h, w) -> (N, H, W) by `tf.image.resize` (CAM-family maps to the input size)."""
+    return tf.image.resize(maps[..., None], size, method=method)[..., 0]
+
+
+INTERPOLATIONS = ("bilinear", "nearest")
+
+
 def reduce_channels(gradients: tf.Tensor, reduce: str) -> tf.Tensor:
     """(N, H, W, C) -> (N, H, W): the seed's sum of |g| over channels, or Xplique's max."""
     if reduce == "sum_abs":
@@ -123,3 +148,40 @@ def image_signature(spec) -> tf.TensorSpec:
 
 
 TARGETS_SIGNATURE = tf.TensorSpec((None,), tf.int32)
+
+
+def targets_fn(head: ModelHead, spec, jit_compile: bool):
+    """Compiled (images, targets) -> targets with -1 replaced by the predicted class."""
+    return compile_fn(lambda x, t: resolve_targets(t, head(x)["probabilities"]),
+                      [image_signature(spec), TARGETS_SIGNATURE], jit_compile)
+
+
+def conv_layer(model: keras.Model, spec, layer, method: str) -> str:
+    """The layer a CAM-family method reads: `layer` if named, else the declared last conv.
+
+    Raises `ModelError` when there is none, the name is unknown, or its output is not a
+    (N, h, w, K) feature map.
+    """
+    if layer is None:
+        if spec.last_conv_layer is None:
+            raise ModelError(f"{method} needs a convolutional layer: this model declares no "
+                             "last_conv_layer. Pass layer='<name>' (a layer with a 4-D output).")
+        layer = spec.last_conv_layer
+    names = [lay.name for lay in model.layers]
+    if layer not in names:
+        raise ModelError(f"{method}: layer {layer!r} is not in model {model.name!r}; "
+                         f"its layers are {names}.")
+    shape = layer_tensors(model, layer)[1].shape
+    if len(shape) != 4:
+        raise ModelError(f"{method}: layer {layer!r} outputs shape {tuple(shape)}; it needs a "
+                         "(N, h, w, channels) feature map.")
+    return layer
+
+
+#: Row indices into a batch (which image, which copy) for sampling/perturbation methods.
+INDEX_SIGNATURE = tf.TensorSpec((None,), tf.int32)
+
+
+def map_signature(spec) -> tf.TensorSpec:
+    """(N, H, W) float32 maps at input size."""
+    return tf.TensorSpec((None, *spec.input_shape[:2]), tf.float32)

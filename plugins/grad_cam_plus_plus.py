@@ -1,0 +1,38 @@
+"""Grad-CAM++ (Chattopadhay et al. 2018): Grad-CAM with pixel-wise gradient weights."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+from xai.plugins.grad_cam import GradCAM
+
+from xai.registry import register_explainer
+
+
+@register_explainer("grad_cam_plus_plus")
+class GradCAMPlusPlus(GradCAM):
+    """``ReLU(sum_k w_k A_k)``, ``w_k = sum_ij alpha_ij^k ReLU(g_ij^k)``.
+
+    Chattopadhay et al., "Grad-CAM++: Improved Visual Explanations for Deep Convolutional
+    Networks", WACV 2018. With the exponential of the class score, the paper's second and
+    third derivatives are powers of the first, ``g = d y_c / d A``, so
+    ``alpha = g^2 / (2 g^2 + sum_ab A_ab g^3)`` (0 where the denominator is 0), the
+    closed form that the paper's code, Xplique and tf-keras-vis use. Parameters and
+    defaults are Grad-CAM's, less ``relu``: the paper's final ReLU always applies (the
+    weights are non-negative, so on ReLU feature maps it would never change anything).
+
+    Parameters
+    ----------
+    layer : str or None, default None
+    score : {"logit", "probability", "loss"}, default "logit"
+    interpolation : {"bilinear", "nearest"}, default "bilinear"
+    batch_size : int, default 32
+    jit_compile : bool, default False
+    """
+
+    parameters = {name: p for name, p in GradCAM.parameters.items() if name != "relu"}
+
+    def channel_weights(self, activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
+        g2 = tf.square(gradients)
+        denominator = 2.0 * g2 + tf.reduce_sum(activations * g2 * gradients, axis=[1, 2], keepdims=True)
+        alpha = tf.math.divide_no_nan(g2, denominator)
+        return tf.reduce_sum(alpha * tf.nn.relu(gradients), axis=[1, 2])

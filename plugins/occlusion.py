@@ -1,0 +1,129 @@
+"""Occlusion (Zeiler & Fergus 2014): how much the score drops when a patch is hidden."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from xai.baselines import baseline_images, check_baseline
+from xai.explainer import BATCH_SIZE, JIT_COMPILE, Explainer, Param, copy_chunks
+from xai.head import (
+    INDEX_SIGNATURE,
+    SCORES,
+    TARGETS_SIGNATURE,
+    ModelHead,
+    class_score,
+    compile_fn,
+    image_signature,
+    map_signature,
+    resolve_targets,
+)
+from xai.registry import register_explainer
+
+
+def patch_starts(size: int, patch: int, stride: int) -> np.ndarray:
+    """Top/left corners along one axis; the last patch is moved in to touch the border."""
+    starts = list(range(0, max(size - patch, 0) + 1, stride))
+    if starts[-1] + patch < size:
+        starts.append(size - patch)
+    return np.asarray(starts, np.int32)
+
+
+@register_explainer("occlusion")
+class Occlusion(Explainer):
+    """Per pixel, the mean score drop over the occluded copies whose patch covers it.
+
+    Zeiler & Fergus, "Visualizing and Understanding Convolutional Networks", ECCV 2014.
+    A ``patch_size`` square of the image is replaced by ``baseline`` at every position
+    ``stride`` apart (the last row and column of patches are moved in to reach the
+    border), and the drop ``s(x) - s(x_occluded)`` of the target's probability is
+    spread over the patch. Departures: the paper shows the score per position (a coarse
+    grid); here each pixel averages the drops of the patches covering it, as Captum
+    does, so the map has the input's size. All occluded copies of a batch are built on
+    the device and pushed through the model ``batch_size`` rows at a time.
+
+    Parameters
+    ----------
+    patch_size : int or None, default None
+        Side of the square patch in pixels (None: 1/8 of the image's shorter side).
+    stride : int or None, default None
+        Step between patch positions (None: half the patch).
+    baseline : {"black", "zero", "white", "mean", "blur"} or float, default "black"
+    score : {"probability", "logit", "loss"}, default "probability"
+    batch_size : int, default 32
+    jit_compile : bool, default False
+    """
+
+    parameters = {
+        "patch_size": Param(None, int, low=1, allow_none=True, doc="Patch side in pixels."),
+        "stride": Param(None, int, low=1, allow_none=True, doc="Step between patches."),
+        "baseline": Param("black", (str, float), doc="What hides a patch."),
+        "score": Param("probability", choices=SCORES, doc="Score whose drop is measured."),
+        "batch_size": BATCH_SIZE,
+        "jit_compile": JIT_COMPILE,
+    }
+
+    def _setup(self):
+        owner = type(self).__name__
+        check_baseline(owner, self.resolved["baseline"])
+        height, width = self.spec.input_shape[:2]
+        self.patch_size = self.resolved["patch_size"] or max(1, min(height, width) // 8)
+        self.stride = self.resolved["stride"] or max(1, self.patch_size // 2)
+        if self.patch_size > min(height, width):
+            raise ValueError(f"{owner}: parameter 'patch_size' ({self.patch_size}) is larger than the "
+                             f"image ({height}x{width}).")
+        ys, xs = np.meshgrid(patch_starts(height, self.patch_size, self.stride),
+                             patch_starts(width, self.patch_size, self.stride), indexing="ij")
+        self._corners = tf.constant(np.stack([ys.ravel(), xs.ravel()], axis=1), tf.int32)
+        coverage = np.zeros((height, width), np.float32)
+        for y, x in zip(ys.ravel(), xs.ravel()):
+            coverage[y:y + self.patch_size, x:x + self.patch_size] += 1
+        self._coverage = tf.constant(coverage)
+        self._head = ModelHead(self.model)
+        self._head.check_score(self.resolved["score"])
+        image_sig = image_signature(self.spec)
+        jit = self.resolved["jit_compile"]
+        self._clean = compile_fn(self._clean_scores, [image_sig, TARGETS_SIGNATURE], jit)
+        self._accumulate = compile_fn(
+            self._accumulate_rows,
+            [image_sig, image_sig, TARGETS_SIGNATURE, tf.TensorSpec((None,), tf.float32), map_signature(self.spec),
+             INDEX_SIGNATURE, INDEX_SIGNATURE], jit)
+
+    @property
+    def n_positions(self) -> int:
+        """Occluded copies per image (one forward pass each)."""
+        return int(self._corners.shape[0])
+
+    def _images_per_call(self):
+        return max(1, self.resolved["batch_size"] // self.n_positions)
+
+    def _patch_masks(self, positions):
+        """(R, H, W) float masks, 1 inside the patch at each of `positions`."""
+        corners = tf.gather(self._corners, positions)
+        height, width = self.spec.input_shape[:2]
+        rows = tf.range(height)[None, :]
+        cols = tf.range(width)[None, :]
+        inside_y = (rows >= corners[:, :1]) & (rows < corners[:, :1] + self.patch_size)
+        inside_x = (cols >= corners[:, 1:]) & (cols < corners[:, 1:] + self.patch_size)
+        return tf.cast(inside_y[:, :, None] & inside_x[:, None, :], tf.float32)
+
+    def _clean_scores(self, images, targets):
+        out = self._head(images)
+        resolved = resolve_targets(targets, out["probabilities"])
+        baselines = baseline_images(images, self.resolved["baseline"])
+        return resolved, class_score(self.resolved["score"], out, resolved), baselines
+
+    def _accumulate_rows(self, images, baselines, targets, clean, total, rows, positions):
+        masks = self._patch_masks(positions)[..., None]
+        occluded = tf.gather(images, rows) * (1.0 - masks) + tf.gather(baselines, rows) * masks
+        scores = class_score(self.resolved["score"], self._head(occluded), tf.gather(targets, rows))
+        drops = tf.gather(clean, rows) - scores
+        return tf.tensor_scatter_nd_add(total, rows[:, None], drops[:, None, None] * masks[..., 0])
+
+    def _explain_batch(self, images, targets, offset):
+        targets, clean, baselines = self._clean(images, targets)
+        total = tf.zeros(tf.shape(images)[:3], tf.float32)
+        for rows, positions in copy_chunks(int(images.shape[0]), self.n_positions,
+                                           self.resolved["batch_size"]):
+            total = self._accumulate(images, baselines, targets, clean, total, rows, positions)
+        return tf.math.divide_no_nan(total, self._coverage)

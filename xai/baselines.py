@@ -1,0 +1,62 @@
+"""Reference images ("baselines") that methods and metrics compare an image against.
+
+Integrated Gradients integrates from a baseline, Occlusion pastes it over patches, and
+deletion/insertion switch pixels to or from it. One vocabulary for all of them:
+
+- ``"zero"`` (alias ``"black"``): all zeros;
+- ``"white"``: all ones (the top of xai's [0, 1] input range);
+- ``"mean"``: each image's per-channel mean;
+- ``"blur"``: RISE's substrate, a Gaussian blur (kernel 11, sigma 5, zero padding);
+- a number: that constant everywhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+NAMED_BASELINES = ("zero", "black", "white", "mean", "blur")
+
+
+def gaussian_kernel(kernel_size: int = 11, sigma: float = 5.0) -> np.ndarray:
+    """The sampled 2-D Gaussian normalised to sum 1, (kernel_size, kernel_size)."""
+    r = np.arange(kernel_size) - (kernel_size - 1) / 2
+    g = np.exp(-(r ** 2) / (2 * sigma ** 2))
+    kernel = np.outer(g, g)
+    return kernel / kernel.sum()
+
+
+def blur(images: tf.Tensor, kernel_size: int = 11, sigma: float = 5.0) -> tf.Tensor:
+    """Per-channel Gaussian blur with zero padding, on the device (N, H, W, C)."""
+    images = tf.convert_to_tensor(images, tf.float32)
+    channels = int(images.shape[-1])
+    kernel = gaussian_kernel(kernel_size, sigma)
+    k = tf.constant(np.tile(kernel[:, :, None, None], (1, 1, channels, 1)), tf.float32)
+    return tf.nn.depthwise_conv2d(images, k, strides=[1, 1, 1, 1], padding="SAME")
+
+
+def check_baseline(owner: str, baseline) -> None:
+    """Raise a ValueError naming the allowed baselines when `baseline` is none of them."""
+    if isinstance(baseline, str):
+        if baseline not in NAMED_BASELINES:
+            raise ValueError(f"{owner}: parameter 'baseline' must be one of {NAMED_BASELINES} or a "
+                             f"number; got {baseline!r}.")
+    elif isinstance(baseline, bool) or not isinstance(baseline, (int, float, np.number)) \
+            or not np.isfinite(baseline):
+        raise ValueError(f"{owner}: parameter 'baseline' must be one of {NAMED_BASELINES} or a "
+                         f"finite number; got {baseline!r}.")
+
+
+def baseline_images(images: tf.Tensor, baseline) -> tf.Tensor:
+    """The baseline for each image of the batch, same shape and dtype (traceable)."""
+    if isinstance(baseline, str):
+        if baseline in ("zero", "black"):
+            return tf.zeros_like(images)
+        if baseline == "white":
+            return tf.ones_like(images)
+        if baseline == "mean":
+            return tf.broadcast_to(tf.reduce_mean(images, axis=[1, 2], keepdims=True), tf.shape(images))
+        if baseline == "blur":
+            return blur(images)
+    check_baseline("baseline_images", baseline)
+    return tf.fill(tf.shape(images), tf.cast(baseline, images.dtype))
