@@ -1,12 +1,17 @@
-"""Benchmark xai's explainers and metrics against their floors, in one process run.
+"""Benchmark every xai explainer and metric against its floor and against the peers, in one run.
 
-Floors, on the same model and batch: one forward pass (CAM, deletion/insertion per step)
-and one forward+backward pass (gradient methods; SmoothGrad per noise sample). Reported as
-ratios ours / floor measured in this run (median of repeats after warm-up), plus images
-per second with the machine's description. Not part of the test suite.
+Floors, on the same model and images: one forward pass (CAM; per perturbed copy for
+Occlusion, RISE and Score-CAM; per curve point for deletion/insertion) and one
+forward+backward pass (gradient methods; per noise sample or path point for SmoothGrad and
+Integrated Gradients). Copies are timed in full batches of --rows rows, the batch size our
+methods use too. Figures are ratios measured in this run (median of --repeats after a
+warm-up): ours / floor, ours / each peer on the same work (Xplique, tf-keras-vis, when
+installed by benchmarks/setup.sh), and the speed-up of XLA and bfloat16 with the largest
+change they cause in maps and AUCs. Not part of the test suite.
 
-    .venv/bin/python benchmarks/run.py                      # width 1.0, 64x64, 8 images
-    .venv/bin/python benchmarks/run.py --size 224 --images 4
+    ./benchmarks/setup.sh                                  # .venv-bench with the peers
+    .venv-bench/bin/python benchmarks/run.py               # width 1.0, 64x64, 8 images
+    .venv-bench/bin/python benchmarks/run.py --size 224 --images 4
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ import os
 import platform
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+warnings.filterwarnings("ignore", message="The structure of `inputs`")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -27,6 +34,8 @@ import tensorflow as tf  # noqa: E402
 
 import xai  # noqa: E402
 from xai import evaluation as ev  # noqa: E402
+from xai.models import with_precision  # noqa: E402
+from xai.plugins.occlusion import patch_starts  # noqa: E402
 
 
 def median_time(fn, repeats: int) -> float:
@@ -39,25 +48,161 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def floors(model, images, targets, batch_rows: int, jit: bool):
-    """Compiled forward and forward+backward on `batch_rows` images, like any method would."""
+def floor_fns(model, images, targets, rows: int, jit: bool):
+    """Compiled forward and forward+backward on `rows` rows, as lean as a method can be."""
     spec = tf.TensorSpec((None, *images.shape[1:]), tf.float32)
 
     @tf.function(input_signature=[spec], jit_compile=jit)
     def forward(x):
-        return model(x, training=False)
+        return tf.cast(model(x, training=False), tf.float32)
 
     @tf.function(input_signature=[spec, tf.TensorSpec((None,), tf.int32)], jit_compile=jit)
     def forward_backward(x, t):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            p = model(x, training=False)
+            p = tf.cast(model(x, training=False), tf.float32)
             s = tf.reduce_sum(tf.gather(p, t, batch_dims=1))
         return tape.gradient(s, x)
 
-    x = tf.constant(np.resize(images, (batch_rows, *images.shape[1:])))
-    t = tf.constant(np.resize(targets, (batch_rows,)).astype(np.int32))
-    return (lambda: forward(x).numpy()), (lambda: forward_backward(x, t).numpy())
+    graph = keras.Model(model.inputs[0], [model.get_layer("block5_conv3").output, model.output])
+
+    @tf.function(input_signature=[spec, tf.TensorSpec((None,), tf.int32)], jit_compile=jit)
+    def forward_backward_to_layer(x, t):
+        with tf.GradientTape() as tape:
+            features, p = graph(x, training=False)
+            s = tf.reduce_sum(tf.gather(tf.cast(p, tf.float32), t, batch_dims=1))
+        return tape.gradient(s, features)
+
+    x = tf.constant(np.resize(images, (rows, *images.shape[1:])))
+    t = tf.constant(np.resize(targets, (rows,)).astype(np.int32))
+    return {"fwd": lambda: forward(x).numpy(), "fwd+bwd": lambda: forward_backward(x, t).numpy(),
+            "fwd+bwd to block5_conv3": lambda: forward_backward_to_layer(x, t).numpy()}
+
+
+def method_settings(args):
+    """name -> (params, floor kind, passes per image): the work each explainer is timed on."""
+    rows = {"batch_size": args.rows}
+    n = {"batch_size": args.images}
+    patch = args.size // 4
+    positions = len(patch_starts(args.size, patch, patch)) ** 2
+    return {
+        "vanilla_gradient": ({"score": "probability", "reduce": "max_abs", **n}, "fwd+bwd", 1),
+        "grad_cam": ({"score": "probability", **n}, "fwd+bwd to block5_conv3", 1),
+        "grad_cam_plus_plus": ({"score": "probability", **n}, "fwd+bwd to block5_conv3", 1),
+        "cam": (n, "fwd", 1),
+        "smoothgrad": ({"n_samples": args.samples, "score": "probability", "reduce": "max_abs", **rows},
+                       "fwd+bwd", args.samples),
+        "integrated_gradients": ({"steps": args.samples, "score": "probability", **rows}, "fwd+bwd",
+                                 args.samples),
+        "occlusion": ({"patch_size": patch, "stride": patch, **rows}, "fwd", positions + 1),
+        "rise": ({"n_masks": args.masks, **rows}, "fwd", args.masks),
+        "score_cam": ({"max_maps": args.maps, **rows}, "fwd", args.maps + 1),
+    }
+
+
+def peer_cases(model, images, targets, args, settings):
+    """(our method, peer label, callable) for every peer method installed."""
+    onehot = np.eye(2, dtype=np.float32)[targets]
+    cases = []
+    try:
+        from xplique.attributions import (GradCAM, GradCAMPP, IntegratedGradients, Occlusion, Rise,
+                                          Saliency, SmoothGrad)
+        from xplique.metrics import Deletion, Insertion
+    except ImportError:
+        print("Xplique not installed (./benchmarks/setup.sh): no Xplique columns.")
+    else:
+        occ = settings["occlusion"][0]
+        for ours, peer in [
+            ("vanilla_gradient", Saliency(model, batch_size=args.images)),
+            ("grad_cam", GradCAM(model, batch_size=args.images, conv_layer="block5_conv3")),
+            ("grad_cam_plus_plus", GradCAMPP(model, batch_size=args.images, conv_layer="block5_conv3")),
+            ("smoothgrad", SmoothGrad(model, nb_samples=args.samples, batch_size=args.rows)),
+            ("integrated_gradients", IntegratedGradients(model, steps=args.samples, batch_size=args.rows)),
+            ("occlusion", Occlusion(model, patch_size=occ["patch_size"], patch_stride=occ["stride"],
+                                    batch_size=args.rows)),
+            ("rise", Rise(model, nb_samples=args.masks, batch_size=args.rows)),
+        ]:
+            cases.append((ours, f"Xplique {type(peer).__name__}",
+                          lambda p=peer: np.asarray(p.explain(images, onehot))))
+        for metric, cls in (("deletion", Deletion), ("insertion", Insertion)):
+            peer = cls(model, images, onehot, batch_size=args.rows, steps=args.steps)
+            cases.append((metric, f"Xplique {cls.__name__}", lambda p=peer, m=metric: p))
+    try:
+        from tf_keras_vis.gradcam import Gradcam
+        from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+        from tf_keras_vis.saliency import Saliency as TkvSaliency
+        from tf_keras_vis.scorecam import Scorecam
+        from tf_keras_vis.utils.scores import CategoricalScore
+    except ImportError:
+        print("tf-keras-vis not installed (./benchmarks/setup.sh): no tf-keras-vis columns.")
+    else:
+        score = CategoricalScore(list(targets))
+        saliency, gradcam = TkvSaliency(model, clone=False), Gradcam(model, clone=False)
+        gradcampp, scorecam = GradcamPlusPlus(model, clone=False), Scorecam(model, clone=False)
+        cases += [
+            ("vanilla_gradient", "tf-keras-vis Saliency", lambda: saliency(score, images, normalize_map=False)),
+            ("smoothgrad", "tf-keras-vis Saliency(smooth_samples)",
+             lambda: saliency(score, images, smooth_samples=args.samples, normalize_map=False)),
+            ("grad_cam", "tf-keras-vis Gradcam",
+             lambda: gradcam(score, images, penultimate_layer="block5_conv3", normalize_cam=False)),
+            ("grad_cam_plus_plus", "tf-keras-vis GradcamPlusPlus",
+             lambda: gradcampp(score, images, penultimate_layer="block5_conv3", normalize_cam=False)),
+            ("score_cam", "tf-keras-vis Scorecam(max_N)",
+             lambda: scorecam(score, images, penultimate_layer="block5_conv3", max_N=args.maps,
+                              batch_size=args.rows, normalize_cam=False)),
+        ]
+    return cases
+
+
+def ours_fns(model, images, targets, args, settings, jit: bool):
+    """name -> (callable, explainer or None) for every method and both metrics."""
+    fns = {}
+    for name, (params, _, _) in settings.items():
+        explainer = xai.create_explainer(name, model, **params, jit_compile=jit)
+        fns[name] = (lambda e=explainer: e.explain(images, targets), explainer)
+    maps = xai.create_explainer("vanilla_gradient", model).explain(images, targets)
+    scorer = ev.ModelScorer(model, jit_compile=jit)
+    for metric in ("deletion", "insertion"):
+        fns[metric] = (lambda m=metric: ev.causal_curves(m, scorer, images, targets, maps, protocol="xplique",
+                                                         steps=args.steps, batch_size=args.rows), None)
+    return fns, maps
+
+
+def measure(model, images, targets, args, settings, jit: bool):
+    """Ours and floors on one model: {name: (seconds, floor seconds, floor text)}."""
+    n = len(images)
+    t = {kind: median_time(fn, args.repeats) for kind, fn in floor_fns(model, images, targets, n, jit).items()}
+    per_row = {kind: median_time(fn, args.repeats) / args.rows
+               for kind, fn in floor_fns(model, images, targets, args.rows, jit).items() if kind != "fwd+bwd to block5_conv3"}
+    fns, _ = ours_fns(model, images, targets, args, settings, jit)
+    results = {}
+    for name, (fn, _) in fns.items():
+        if name in settings:
+            _, kind, passes = settings[name]
+            floor = t[kind] if passes == 1 else per_row[kind] * n * passes
+            text = kind if passes == 1 else f"{kind} x {passes} per image"
+        else:
+            floor, text = per_row["fwd"] * n * (args.steps + 1), f"fwd x {args.steps + 1} points"
+        results[name] = (median_time(fn, args.repeats), floor, text)
+    return results, fns
+
+
+def outputs(fns, images, targets):
+    """Maps of every method and AUCs of both metrics, for precision comparisons."""
+    out = {}
+    for name, (fn, _) in fns.items():
+        value = fn()
+        out[name] = value.auc if hasattr(value, "auc") else value
+    return out
+
+
+def largest_change(reference: dict, other: dict) -> dict:
+    """Per method: max |change| / max |reference| for maps, max |change| for AUCs."""
+    changes = {}
+    for name, ref in reference.items():
+        diff = np.abs(np.asarray(other[name], np.float64) - np.asarray(ref, np.float64)).max()
+        changes[name] = float(diff if name in ("deletion", "insertion") else diff / (np.abs(ref).max() + 1e-30))
+    return changes
 
 
 def main():
@@ -65,61 +210,83 @@ def main():
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--images", type=int, default=8)
-    parser.add_argument("--samples", type=int, default=16, help="SmoothGrad noise samples")
-    parser.add_argument("--steps", type=int, default=16, help="deletion/insertion steps")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--jit", action="store_true", help="XLA for ours and the floors")
+    parser.add_argument("--samples", type=int, default=16, help="SmoothGrad samples, IG steps")
+    parser.add_argument("--masks", type=int, default=64, help="RISE masks")
+    parser.add_argument("--maps", type=int, default=32, help="Score-CAM max_maps")
+    parser.add_argument("--steps", type=int, default=10, help="deletion/insertion steps (Xplique's default)")
+    parser.add_argument("--rows", type=int, default=64, help="batch rows for copies")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--no-precision", action="store_true", help="skip the XLA / bfloat16 table")
     parser.add_argument("--out", default="benchmarks/results/latest.json")
     args = parser.parse_args()
 
     keras.utils.set_random_seed(0)
+    keras.utils.disable_interactive_logging()  # peers call model.predict: no progress bars
     model = xai.vgg16_gap((args.size, args.size, 3), width=args.width)
     rng = np.random.default_rng(0)
     images = rng.random((args.images, args.size, args.size, 3), dtype=np.float32)
     targets = rng.integers(0, 2, args.images).astype(np.int32)
-    n = args.images
-
-    fwd, fwd_bwd = floors(model, images, targets, n, args.jit)
-    t_fwd, t_fwd_bwd = median_time(fwd, args.repeats), median_time(fwd_bwd, args.repeats)
-    sg_rows = n * args.samples
-    _, fwd_bwd_sg = floors(model, images, targets, min(sg_rows, 64), args.jit)
-    t_fwd_bwd_sg = median_time(fwd_bwd_sg, args.repeats) * (sg_rows / min(sg_rows, 64))
-    curve_rows = n * (args.steps + 1)
-    fwd_curve, _ = floors(model, images, targets, min(curve_rows, 256), args.jit)
-    t_fwd_curve = median_time(fwd_curve, args.repeats) * (curve_rows / min(curve_rows, 256))
-
-    rows = []
-
-    def record(name, seconds, floor, floor_name):
-        rows.append({"what": name, "seconds": seconds, "floor": floor_name, "floor_seconds": floor,
-                     "ratio_to_floor": seconds / floor, "images_per_second": n / seconds})
-
-    jit = {"jit_compile": args.jit}
-    for name, params, floor, floor_name in [
-        ("vanilla_gradient", {"score": "probability", "batch_size": n}, t_fwd_bwd, "forward+backward"),
-        ("cam", {"batch_size": n}, t_fwd, "forward"),
-        ("smoothgrad", {"n_samples": args.samples, "batch_size": 64, "score": "probability"},
-         t_fwd_bwd_sg, f"forward+backward x {args.samples} samples"),
-    ]:
-        explainer = xai.create_explainer(name, model, **params, **jit)
-        record(name, median_time(lambda: explainer.explain(images, targets), args.repeats), floor, floor_name)
-
-    maps = xai.create_explainer("vanilla_gradient", model).explain(images, targets)
-    scorer = ev.ModelScorer(model, jit_compile=args.jit)
-    for metric in ("deletion", "insertion"):
-        fn = lambda m=metric: ev.causal_curves(m, scorer, images, targets, maps, steps=args.steps,  # noqa: E731
-                                               baseline="zero", batch_size=256)
-        record(f"{metric} ({args.steps} steps)", median_time(fn, args.repeats), t_fwd_curve,
-               f"forward x {args.steps + 1} points")
-
+    settings = method_settings(args)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}"
-    print(f"VGG16-GAP width {args.width}, {args.size}x{args.size}, {n} images, XLA={args.jit}; {machine}")
-    print(f"{'what':32s} {'ratio to floor':>15s} {'images/s':>10s}  floor")
-    for r in rows:
-        print(f"{r['what']:32s} {r['ratio_to_floor']:15.3f} {r['images_per_second']:10.1f}  {r['floor']}")
+    print(f"VGG16-GAP width {args.width}, {args.size}x{args.size}, {args.images} images; {machine}")
+
+    base, fns = measure(model, images, targets, args, settings, jit=False)
+    maps = xai.create_explainer("vanilla_gradient", model).explain(images, targets)
+    rows = {name: {"seconds": s, "floor_seconds": f, "floor": text, "ratio_to_floor": s / f,
+                   "images_per_second": args.images / s, "peers": {}}
+            for name, (s, f, text) in base.items()}
+
+    # Identical work should give identical numbers: check it while timing.
+    if not args.no_peers:
+        for ours, label, fn in peer_cases(model, images, targets, args, settings):
+            if ours in ("deletion", "insertion"):
+                metric = fn()
+                seconds = median_time(lambda: metric.evaluate(maps), args.repeats)
+                theirs = float(metric.evaluate(maps))
+                mine = float(fns[ours][0]().auc.mean())
+                agreement = abs(theirs - mine)
+            else:
+                seconds = median_time(fn, args.repeats)
+                agreement = None
+                # Xplique's GradCAMPP departs from the paper (mean, not sum, of A): not compared.
+                if label in ("Xplique Saliency", "Xplique GradCAM"):
+                    theirs = np.asarray(fn()).reshape(args.images, args.size, args.size)
+                    # Xplique upsamples bicubically; bilinear (our default) is what is timed.
+                    mine = xai.create_explainer(ours, model, **{**settings[ours][0], "interpolation": "bicubic"}
+                                                ).explain(images, targets) if "CAM" in label else fns[ours][0]()
+                    agreement = float(np.abs(theirs - mine).max() / np.abs(mine).max())
+            rows[ours]["peers"][label] = {"seconds": seconds, "ours_over_peer": rows[ours]["seconds"] / seconds,
+                                          "max_difference": agreement}
+
+    precision = {}
+    if not args.no_precision:
+        reference = outputs(fns, images, targets)
+        for label, candidate, jit in [("xla", model, True), ("bf16", with_precision(model), False),
+                                      ("bf16+xla", with_precision(model), True)]:
+            timed, other_fns = measure(candidate, images, targets, args, settings, jit=jit)
+            changes = largest_change(reference, outputs(other_fns, images, targets))
+            for name, (seconds, _, _) in timed.items():
+                precision.setdefault(name, {})[label] = {
+                    "speedup": rows[name]["seconds"] / seconds,
+                    "ratio_to_float32_floor": seconds / rows[name]["floor_seconds"],
+                    "largest_change": changes[name]}
+
+    print(f"\n{'what':22s} {'ours/floor':>10s} {'img/s':>8s}  floor; ours/peer (max difference)")
+    for name, r in rows.items():
+        peers = "; ".join(f"{k} {v['ours_over_peer']:.2f}"
+                          + (f" ({v['max_difference']:.1e})" if v["max_difference"] is not None else "")
+                          for k, v in r["peers"].items())
+        print(f"{name:22s} {r['ratio_to_floor']:10.3f} {r['images_per_second']:8.1f}  {r['floor']}; {peers}")
+    if precision:
+        print(f"\n{'what':22s} " + " ".join(f"{k + ' speed-up':>16s} {'change':>8s}" for k in precision["cam"]))
+        for name, p in precision.items():
+            print(f"{name:22s} " + " ".join(f"{v['speedup']:16.2f} {v['largest_change']:8.1e}" for v in p.values()))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "machine": machine, "rows": rows}, indent=1))
+    out.write_text(json.dumps({"args": vars(args), "machine": machine, "date": time.strftime("%Y-%m-%d"),
+                               "rows": rows, "precision": precision}, indent=1))
+    print(f"\nsaved {out}")
 
 
 if __name__ == "__main__":

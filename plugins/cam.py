@@ -9,6 +9,7 @@ from xai.head import (
     INTERPOLATIONS,
     TARGETS_SIGNATURE,
     ModelHead,
+    check_interpolation,
     compile_fn,
     image_signature,
     resolve_targets,
@@ -32,7 +33,7 @@ class CAM(Explainer):
     Parameters
     ----------
     relu : bool, default False
-    interpolation : {"bilinear", "nearest"}, default "bilinear"
+    interpolation : {"bilinear", "nearest", "bicubic"}, default "bilinear"
     batch_size : int, default 32
     jit_compile : bool, default False
 
@@ -52,6 +53,7 @@ class CAM(Explainer):
     needs = ("feature_layer", "classifier_layer")
 
     def _setup(self):
+        check_interpolation(type(self).__name__, self.resolved)
         self._head = ModelHead(self.model, extra_layers=[self.spec.feature_layer])
         self._maps = compile_fn(self._compute, [image_signature(self.spec), TARGETS_SIGNATURE],
                                 self.resolved["jit_compile"])

@@ -10,6 +10,7 @@ from xai.head import (
     SCORES,
     TARGETS_SIGNATURE,
     ModelHead,
+    check_interpolation,
     compile_fn,
     conv_layer,
     image_signature,
@@ -37,7 +38,7 @@ class GradCAM(Explainer):
     score : {"logit", "probability", "loss"}, default "logit"
     relu : bool, default True
         The paper's ReLU; False keeps the negative evidence.
-    interpolation : {"bilinear", "nearest"}, default "bilinear"
+    interpolation : {"bilinear", "nearest", "bicubic"}, default "bilinear"
     batch_size : int, default 32
     jit_compile : bool, default False
     """
@@ -53,6 +54,7 @@ class GradCAM(Explainer):
     }
 
     def _setup(self):
+        check_interpolation(type(self).__name__, self.resolved)
         self.layer = conv_layer(self.model, self.spec, self.resolved["layer"], self.name or "grad_cam")
         self._head = ModelHead(self.model, extra_layers=[self.layer])
         self._head.check_score(self.resolved["score"])

@@ -11,6 +11,7 @@ from xai.head import (
     SCORES,
     TARGETS_SIGNATURE,
     ModelHead,
+    check_interpolation,
     class_score,
     compile_fn,
     conv_layer,
@@ -42,7 +43,7 @@ class ScoreCAM(Explainer):
     layer : str or None, default None
     max_maps : int or None, default None
     score : {"probability", "logit", "loss"}, default "probability"
-    interpolation : {"bilinear", "nearest"}, default "bilinear"
+    interpolation : {"bilinear", "nearest", "bicubic"}, default "bilinear"
     batch_size : int, default 32
     jit_compile : bool, default False
     """
@@ -57,6 +58,7 @@ class ScoreCAM(Explainer):
     }
 
     def _setup(self):
+        check_interpolation(type(self).__name__, self.resolved)
         self.layer = conv_layer(self.model, self.spec, self.resolved["layer"], self.name or "score_cam")
         self._head = ModelHead(self.model, extra_layers=[self.layer])
         self._head.check_score(self.resolved["score"])

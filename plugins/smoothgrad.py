@@ -63,15 +63,17 @@ class SmoothGrad(Explainer):
         image_sig = image_signature(self.spec)
         jit = self.resolved["jit_compile"]
         self._predict = targets_fn(self._head, self.spec, jit)
+        # The noise is drawn outside XLA: XLA's stateless generators give other numbers,
+        # and the same seed must give the same maps with and without jit_compile.
+        self._noisy = compile_fn(self._noisy_copies, [image_sig, INDEX_SIGNATURE, INDEX_SIGNATURE], False)
         self._accumulate = compile_fn(
-            self._accumulate_rows,
-            [image_sig, TARGETS_SIGNATURE, image_sig, INDEX_SIGNATURE, INDEX_SIGNATURE], jit)
+            self._accumulate_rows, [image_sig, TARGETS_SIGNATURE, image_sig, INDEX_SIGNATURE], jit)
 
     def _images_per_call(self):
         return max(1, self.resolved["batch_size"] // self.resolved["n_samples"])
 
-    def _accumulate_rows(self, images, targets, total, rows, counters):
-        """Add the gradients of noisy copies (image `rows`, noise `counters`) to `total`."""
+    def _noisy_copies(self, images, rows, counters):
+        """Image `rows[r]` plus its noise number `counters[r]`."""
         x = tf.gather(images, rows)
         span = tf.reduce_max(x, axis=[1, 2, 3]) - tf.reduce_min(x, axis=[1, 2, 3])
         sigma = self.resolved["noise_level"] * span
@@ -80,9 +82,11 @@ class SmoothGrad(Explainer):
         noise = tf.map_fn(
             lambda c: tf.random.stateless_normal(shape, seed=tf.stack([seed, c])),
             counters, fn_output_signature=tf.float32)
-        noisy = x + noise * sigma[:, None, None, None]
-        gradients = input_gradients(self._head, noisy, tf.gather(targets, rows),
-                                    self.resolved["score"])
+        return x + noise * sigma[:, None, None, None]
+
+    def _accumulate_rows(self, noisy, targets, total, rows):
+        """Add the gradients of the noisy copies of images `rows` to `total`."""
+        gradients = input_gradients(self._head, noisy, tf.gather(targets, rows), self.resolved["score"])
         return tf.tensor_scatter_nd_add(total, rows[:, None], gradients)
 
     def _explain_batch(self, images, targets, offset):
@@ -92,7 +96,7 @@ class SmoothGrad(Explainer):
         total = tf.zeros_like(images)
         for rows, samples in copy_chunks(int(images.shape[0]), n_samples, batch_size):
             counters = (offset + rows) * n_samples + samples
-            total = self._accumulate(images, targets, total, rows, counters)
+            total = self._accumulate(self._noisy(images, rows, counters), targets, total, rows)
         return reduce_channels(total / n_samples, self.resolved["reduce"])
 
     def n_model_calls(self, n_images: int) -> int:

@@ -49,19 +49,29 @@ class ModelHead:
         self._graph = keras.Model(model.inputs, outputs, name=f"{model.name}_head")
 
     def __call__(self, images: tf.Tensor) -> dict:
-        out = dict(self._graph(images, training=False))
+        return self.forward(images)[0]
+
+    def forward(self, images: tf.Tensor) -> tuple[dict, dict]:
+        """(outputs cast to float32, the graph's own output tensors).
+
+        Everything after the model is float32, whatever the model computes in (a
+        mixed_bfloat16 / mixed_float16 model returns half-precision tensors); gradients
+        with respect to a layer must be taken on the raw tensor, which the score uses.
+        """
+        raw = dict(self._graph(images, training=False))
+        out = {name: tf.cast(value, tf.float32) for name, value in raw.items()}
         logits = None
         if self.classifier is not None:
-            logits = tf.matmul(out.pop("classifier_input"), self.classifier.kernel)
+            logits = tf.matmul(out.pop("classifier_input"), tf.cast(self.classifier.kernel, tf.float32))
             if self.classifier.use_bias:
-                logits = logits + self.classifier.bias
+                logits = logits + tf.cast(self.classifier.bias, tf.float32)
         output = out["output"]
         if self._softmax_output or logits is None:
             probabilities = output
         else:
             probabilities = tf.nn.softmax(logits)
         out.update(probabilities=probabilities, logits=logits)
-        return out
+        return out, raw
 
     def check_score(self, score: str) -> None:
         if score == "logit" and self.classifier is None:
@@ -113,11 +123,11 @@ def layer_gradients(head: ModelHead, images: tf.Tensor, targets: tf.Tensor, scor
         # Watching the input records every op downstream, so the gradient with respect to
         # an intermediate output exists even when the model's weights are frozen.
         tape.watch(images)
-        out = head(images)
+        out, raw = head.forward(images)
         resolved = resolve_targets(targets, out["probabilities"])
         total = tf.reduce_sum(class_score(score, out, resolved))
-    activations = out[layer]
-    return activations, tape.gradient(total, activations), resolved
+    gradients = tf.cast(tape.gradient(total, raw[layer]), tf.float32)
+    return out[layer], gradients, resolved
 
 
 def upsample(maps: tf.Tensor, size, method: str = "bilinear") -> tf.Tensor:
@@ -125,7 +135,14 @@ def upsample(maps: tf.Tensor, size, method: str = "bilinear") -> tf.Tensor:
     return tf.image.resize(maps[..., None], size, method=method)[..., 0]
 
 
-INTERPOLATIONS = ("bilinear", "nearest")
+INTERPOLATIONS = ("bilinear", "nearest", "bicubic")  # bicubic: as Xplique's Grad-CAM
+
+
+def check_interpolation(owner: str, resolved: dict) -> None:
+    """TensorFlow has no XLA kernel for bicubic resizing: say so at construction."""
+    if resolved.get("interpolation") == "bicubic" and resolved.get("jit_compile"):
+        raise ValueError(f"{owner}: interpolation='bicubic' cannot be XLA-compiled (TensorFlow has no "
+                         "XLA kernel for ResizeBicubic); use 'bilinear' or jit_compile=False.")
 
 
 def reduce_channels(gradients: tf.Tensor, reduce: str) -> tf.Tensor:

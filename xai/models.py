@@ -375,6 +375,33 @@ def prepare_model(model, spec: Optional[ModelSpec] = None) -> keras.Model:
     return flat
 
 
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+def with_precision(model, policy: str = "mixed_bfloat16") -> keras.Model:
+    """A copy of `model` that computes in `policy`, with the same (float32) weights.
+
+    ``"mixed_bfloat16"`` uses the bfloat16 units of recent CPUs (AVX-512 BF16, AMX) and
+    TPUs, ``"mixed_float16"`` GPU tensor cores. Explainers and metrics read every model
+    output as float32, so any method runs on the copy unchanged; how far its maps move
+    is measured in docs/performance.md (gradient maps move far more than CAM-family maps
+    or deletion/insertion AUCs).
+    """
+    if policy not in PRECISIONS:
+        raise ValueError(f"policy must be one of {PRECISIONS}; got {policy!r}.")
+    model = prepare_model(model)
+
+    def rebuild(layer):
+        config = layer.get_config()
+        if not isinstance(layer, keras.layers.InputLayer):
+            config["dtype"] = policy
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=rebuild)
+    copy.set_weights(model.get_weights())
+    return attach_spec(copy, model_spec(model))
+
+
 def require_layers(spec: ModelSpec, method: str, *fields: str) -> None:
     """Raise a `ModelError` saying which declared layers `method` needs and lacks."""
     missing = [f for f in fields if getattr(spec, f) is None]
