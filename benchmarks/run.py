@@ -11,6 +11,7 @@ change they cause in maps and AUCs. Not part of the test suite.
 
     ./benchmarks/setup.sh                                  # .venv-bench with the peers
     .venv-bench/bin/python benchmarks/run.py               # width 1.0, 64x64, 8 images
+    .venv-bench/bin/python benchmarks/run.py --precision   # + XLA / bfloat16 table
     .venv-bench/bin/python benchmarks/run.py --size 224 --images 4
 """
 
@@ -36,16 +37,6 @@ import xai  # noqa: E402
 from xai import evaluation as ev  # noqa: E402
 from xai.models import with_precision  # noqa: E402
 from xai.plugins.occlusion import patch_starts  # noqa: E402
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up: tracing and allocation stay out of the figures
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def floor_fns(model, images, targets, rows: int, jit: bool):
@@ -168,22 +159,43 @@ def ours_fns(model, images, targets, args, settings, jit: bool):
     return fns, maps
 
 
+def paired(fn, floor_fn, floor_factor: float, repeats: int) -> tuple[float, float, float]:
+    """(ours, floor, ratio) medians, timing the floor and ours alternately in each repeat.
+
+    On a shared machine the speed drifts by several percent within a minute; pairing the
+    two measurements cancels most of that drift in the ratio.
+    """
+    fn(), floor_fn()  # warm-up: tracing and allocation stay out of the figures
+    ours, floors, ratios = [], [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        floor_fn()
+        floor = (time.perf_counter() - start) * floor_factor
+        start = time.perf_counter()
+        fn()
+        seconds = time.perf_counter() - start
+        ours.append(seconds), floors.append(floor), ratios.append(seconds / floor)
+    return statistics.median(ours), statistics.median(floors), statistics.median(ratios)
+
+
 def measure(model, images, targets, args, settings, jit: bool):
-    """Ours and floors on one model: {name: (seconds, floor seconds, floor text)}."""
+    """Ours against floors on one model: {name: (seconds, floor seconds, ratio, floor text)}."""
     n = len(images)
-    t = {kind: median_time(fn, args.repeats) for kind, fn in floor_fns(model, images, targets, n, jit).items()}
-    per_row = {kind: median_time(fn, args.repeats) / args.rows
-               for kind, fn in floor_fns(model, images, targets, args.rows, jit).items() if kind != "fwd+bwd to block5_conv3"}
+    single = floor_fns(model, images, targets, n, jit)
+    chunk = floor_fns(model, images, targets, args.rows, jit)
     fns, _ = ours_fns(model, images, targets, args, settings, jit)
     results = {}
     for name, (fn, _) in fns.items():
         if name in settings:
             _, kind, passes = settings[name]
-            floor = t[kind] if passes == 1 else per_row[kind] * n * passes
-            text = kind if passes == 1 else f"{kind} x {passes} per image"
+            if passes == 1:
+                floor_fn, factor, text = single[kind], 1.0, kind
+            else:  # copies in full chunks of --rows rows, scaled to this method's count
+                floor_fn, factor, text = chunk[kind], n * passes / args.rows, f"{kind} x {passes} per image"
         else:
-            floor, text = per_row["fwd"] * n * (args.steps + 1), f"fwd x {args.steps + 1} points"
-        results[name] = (median_time(fn, args.repeats), floor, text)
+            floor_fn, factor = chunk["fwd"], n * (args.steps + 1) / args.rows
+            text = f"fwd x {args.steps + 1} points"
+        results[name] = (*paired(fn, floor_fn, factor, args.repeats), text)
     return results, fns
 
 
@@ -215,9 +227,10 @@ def main():
     parser.add_argument("--maps", type=int, default=32, help="Score-CAM max_maps")
     parser.add_argument("--steps", type=int, default=10, help="deletion/insertion steps (Xplique's default)")
     parser.add_argument("--rows", type=int, default=64, help="batch rows for copies")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-peers", action="store_true")
-    parser.add_argument("--no-precision", action="store_true", help="skip the XLA / bfloat16 table")
+    parser.add_argument("--precision", action="store_true",
+                        help="also time XLA, bfloat16 and both, with the largest change they cause")
     parser.add_argument("--out", default="benchmarks/results/latest.json")
     args = parser.parse_args()
 
@@ -233,40 +246,37 @@ def main():
 
     base, fns = measure(model, images, targets, args, settings, jit=False)
     maps = xai.create_explainer("vanilla_gradient", model).explain(images, targets)
-    rows = {name: {"seconds": s, "floor_seconds": f, "floor": text, "ratio_to_floor": s / f,
+    rows = {name: {"seconds": s, "floor_seconds": f, "floor": text, "ratio_to_floor": ratio,
                    "images_per_second": args.images / s, "peers": {}}
-            for name, (s, f, text) in base.items()}
+            for name, (s, f, ratio, text) in base.items()}
 
     # Identical work should give identical numbers: check it while timing.
     if not args.no_peers:
         for ours, label, fn in peer_cases(model, images, targets, args, settings):
+            agreement = None
             if ours in ("deletion", "insertion"):
                 metric = fn()
-                seconds = median_time(lambda: metric.evaluate(maps), args.repeats)
-                theirs = float(metric.evaluate(maps))
-                mine = float(fns[ours][0]().auc.mean())
-                agreement = abs(theirs - mine)
-            else:
-                seconds = median_time(fn, args.repeats)
-                agreement = None
-                # Xplique's GradCAMPP departs from the paper (mean, not sum, of A): not compared.
-                if label in ("Xplique Saliency", "Xplique GradCAM"):
-                    theirs = np.asarray(fn()).reshape(args.images, args.size, args.size)
-                    # Xplique upsamples bicubically; bilinear (our default) is what is timed.
-                    mine = xai.create_explainer(ours, model, **{**settings[ours][0], "interpolation": "bicubic"}
-                                                ).explain(images, targets) if "CAM" in label else fns[ours][0]()
-                    agreement = float(np.abs(theirs - mine).max() / np.abs(mine).max())
-            rows[ours]["peers"][label] = {"seconds": seconds, "ours_over_peer": rows[ours]["seconds"] / seconds,
+                fn = lambda m=metric: m.evaluate(maps)  # noqa: E731
+                agreement = abs(float(fn()) - float(fns[ours][0]().auc.mean()))
+            # Xplique's GradCAMPP departs from the paper (mean, not sum, of A): not compared.
+            elif label in ("Xplique Saliency", "Xplique GradCAM"):
+                theirs = np.asarray(fn()).reshape(args.images, args.size, args.size)
+                # Xplique upsamples bicubically; bilinear (our default) is what is timed.
+                mine = xai.create_explainer(ours, model, **{**settings[ours][0], "interpolation": "bicubic"}
+                                            ).explain(images, targets) if "CAM" in label else fns[ours][0]()
+                agreement = float(np.abs(theirs - mine).max() / np.abs(mine).max())
+            _, seconds, ratio = paired(fns[ours][0], fn, 1.0, args.repeats)
+            rows[ours]["peers"][label] = {"seconds": seconds, "ours_over_peer": ratio,
                                           "max_difference": agreement}
 
     precision = {}
-    if not args.no_precision:
+    if args.precision:
         reference = outputs(fns, images, targets)
         for label, candidate, jit in [("xla", model, True), ("bf16", with_precision(model), False),
                                       ("bf16+xla", with_precision(model), True)]:
             timed, other_fns = measure(candidate, images, targets, args, settings, jit=jit)
             changes = largest_change(reference, outputs(other_fns, images, targets))
-            for name, (seconds, _, _) in timed.items():
+            for name, (seconds, _, _, _) in timed.items():
                 precision.setdefault(name, {})[label] = {
                     "speedup": rows[name]["seconds"] / seconds,
                     "ratio_to_float32_floor": seconds / rows[name]["floor_seconds"],

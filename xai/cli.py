@@ -122,8 +122,15 @@ def explain(images, methods, model, target, params, out):
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--param", "params", multiple=True, help="METHOD.PARAM=VALUE, e.g. smoothgrad.n_samples=20.")
 @click.option("--out", type=click.Path(file_okay=False), default="xai-runs", show_default=True)
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where the work runs: this process, or Ray workers (pip install 'xai-saliency-bench[ray]').")
+@click.option("--address", default=None,
+              help="Ray cluster to join: 'auto' or HOST:PORT (default: start a local one).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Ray workers (default: one per cluster node).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def compare(methods, dataset, model, n_images, metrics, protocol, seed, batch_size, params, out, quiet):
+def compare(methods, dataset, model, n_images, metrics, protocol, seed, batch_size, params, out, backend,
+            address, workers, quiet):
     """Run every method on every image, score it, store the results, write the report.
 
     Rerunning the same command resumes the run: finished work is not recomputed.
@@ -135,7 +142,9 @@ def compare(methods, dataset, model, n_images, metrics, protocol, seed, batch_si
         methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
         method_params=_parse_params(params), dataset=dataset, model=model, n_images=n_images,
         metrics=[m.strip() for m in metrics.split(",") if m.strip()], protocol=protocol,
-        seed=seed, batch_size=batch_size, out=out)
+        seed=seed, batch_size=batch_size, out=out, backend=backend, address=address, workers=workers)
+    if backend == "local" and (address or workers):
+        raise click.UsageError("--address and --workers apply to --backend ray only.")
     run_dir = run_compare(config, quiet=quiet)
     _summarise_run(run_dir)
 

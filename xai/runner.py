@@ -53,6 +53,13 @@ class CompareConfig:
     n_examples: int = 4
     sanity_images: int = 8
     out: str = "xai-runs"
+    # Where the work runs; not part of the run's key: any backend resumes any other's run.
+    backend: str = "local"  # "local" or "ray"
+    address: Optional[str] = None  # Ray: None starts a local cluster, "auto" or HOST:PORT joins one
+    workers: Optional[int] = None  # Ray: None = one per node
+
+
+BACKENDS = ("local", "ray")
 
 
 def _file_digest(path: Path) -> str:
@@ -74,6 +81,10 @@ def _validate(config: CompareConfig) -> list[str]:
         raise ValueError(f"unknown metric(s) {bad}; choose from {', '.join(METRICS)}.")
     if config.protocol not in ev.PRESETS:
         raise ValueError(f"protocol must be one of {sorted(ev.PRESETS)}; got {config.protocol!r}.")
+    if config.backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}; got {config.backend!r}.")
+    if config.workers is not None and (not isinstance(config.workers, int) or config.workers < 1):
+        raise ValueError(f"workers must be an integer >= 1; got {config.workers!r}.")
     for name, value in (("n_images", config.n_images), ("batch_size", config.batch_size)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1; got {value!r}.")
@@ -119,6 +130,92 @@ def _progress(total: int, quiet: bool, desc: str):
     return tqdm(total=total, desc=desc, disable=quiet or not sys.stderr.isatty(), leave=False)
 
 
+def _batches(dataset, config: CompareConfig, has_masks: bool, store: ResultsStore):
+    """Batches as plain dicts of numpy arrays; decoding overlaps the model's work."""
+    for index, batch in enumerate(dataset.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)):
+        ids = [i.decode() for i in batch["id"].numpy()]
+        labels = batch["label"].numpy()
+        targets = labels.astype(np.int32)
+        store.add_images(index, ids, labels, targets)
+        yield {"index": index, "ids": ids, "images": batch["image"].numpy(), "targets": targets,
+               "masks": batch["mask"].numpy() if has_masks else None}
+
+
+@dataclasses.dataclass
+class WorkPlan:
+    """What every batch goes through; the same code runs in-process and on Ray workers."""
+
+    methods: Sequence[str]
+    method_params: dict
+    metrics: Sequence[str]
+    protocol: str
+    n_examples: int
+
+    def create_explainers(self, model, classes: Optional[dict] = None) -> tuple[dict, dict]:
+        """(explainers, setup errors) by method; a method that cannot be built is an error."""
+        explainers, errors = {}, {}
+        for m in self.methods:
+            try:
+                params = self.method_params.get(m, {})
+                explainers[m] = (classes[m](model, **params) if classes and m in classes
+                                 else xai.create_explainer(m, model, **params))
+            except Exception as exc:  # the run goes on with the others
+                errors[m] = f"{type(exc).__name__}: {exc}"
+        return explainers, errors
+
+    def run_method(self, method, explainers, setup_errors, scorer, batch) -> dict:
+        """One (method, batch): {"ok": True, ...results} or {"ok": False, "error": ...}."""
+        if method in setup_errors:
+            return {"ok": False, "error": setup_errors[method]}
+        try:
+            return {"ok": True, **self._explain_and_score(explainers[method], method, scorer, batch)}
+        except Exception as exc:
+            return {"ok": False, "error": _one_line(exc)}
+
+    def _explain_and_score(self, explainer, method, scorer, batch) -> dict:
+        images, targets, ids, masks = batch["images"], batch["targets"], batch["ids"], batch["masks"]
+        if not getattr(explainer, "_xai_warmed", False):  # keep tracing out of the timings
+            explainer.explain(images[:1], targets[:1])
+            explainer._xai_warmed = True
+        start = time.perf_counter()
+        maps = np.asarray(explainer.explain(images, targets))
+        seconds = time.perf_counter() - start
+        if maps.shape != images.shape[:3]:
+            raise PluginError(f"{method} returned maps of shape {maps.shape}; expected {images.shape[:3]}.")
+        if not np.all(np.isfinite(maps)):
+            raise PluginError(f"{method} returned NaN or infinite values.")
+        values = [(i, "seconds_per_image", seconds / len(images)) for i in ids]
+        curves, protocols = [], {}
+        for metric in self.metrics:
+            if metric in ("deletion", "insertion"):
+                result = ev.causal_curves(metric, scorer, images, targets, maps, protocol=self.protocol)
+                values += [(i, metric, float(a)) for i, a in zip(ids, result.auc)]
+                curves += [(i, metric, result.x, c) for i, c in zip(ids, result.curves)]
+                protocols[metric] = result.protocol
+            elif metric == "pointing_game":
+                values += [(i, metric, float(v)) for i, v in zip(ids, ev.pointing_game(maps, masks))]
+            elif metric == "relevance_mass":
+                values += [(i, metric, float(v)) for i, v in zip(ids, ev.relevance_mass(maps, masks))]
+        examples = []
+        if batch["index"] == 0:
+            examples = [(ids[j], images[j], maps[j], None if masks is None else masks[j])
+                        for j in range(min(self.n_examples, len(images)))]
+        return {"seconds": seconds, "values": values, "curves": curves, "examples": examples,
+                "protocols": protocols}
+
+
+def store_outcome(store: ResultsStore, method: str, batch: dict, outcome: dict) -> None:
+    """Commit one (method, batch) outcome; only the driver process ever calls this."""
+    n_images = len(batch["ids"])
+    if not outcome["ok"]:
+        store.record_failure(method, batch["index"], outcome["error"], n_images)
+        return
+    for metric, protocol in outcome["protocols"].items():
+        store.set_extra(f"protocol_{metric}", protocol)
+    store.commit_batch(method, batch["index"], n_images=n_images, seconds=outcome["seconds"],
+                       values=outcome["values"], curves=outcome["curves"], examples=outcome["examples"])
+
+
 def compare(config: CompareConfig = CompareConfig(), *, quiet: bool = False,
             write_report: bool = True) -> Path:
     """Run (or resume) a comparison; returns the run directory."""
@@ -142,80 +239,40 @@ def compare(config: CompareConfig = CompareConfig(), *, quiet: bool = False,
     store.set_extra("skipped_metrics", {m: "the dataset has no ground-truth masks" for m in skipped})
     store.set_extra("class_names", list(dataset.class_names))
 
-    explainers, setup_errors = {}, {}
-    for m in methods:
-        try:
-            explainers[m] = xai.create_explainer(m, model, **config.method_params.get(m, {}))
-        except Exception as exc:  # the run goes on with the others
-            setup_errors[m] = f"{type(exc).__name__}: {exc}"
-    scorer = ev.ModelScorer(model)
+    batches = _batches(dataset, config, has_masks, store)
+    sanity_pool = {"images": [], "targets": []}
+
+    def pooled(batches):
+        # The first images are kept for the sanity checks, whichever backend runs.
+        for batch in batches:
+            take = config.sanity_images - len(sanity_pool["images"])
+            if take > 0:
+                sanity_pool["images"].extend(batch["images"][:take])
+                sanity_pool["targets"].extend(batch["targets"][:take])
+            yield batch
 
     n_batches = -(-config.n_images // config.batch_size)
-    bar = _progress(n_batches * len(methods), quiet, "xai compare")
-    warmed = set()
-    sanity_pool = {"images": [], "targets": []}
-    for batch_index, batch in enumerate(dataset.batch(config.batch_size)):
-        images = batch["image"].numpy()
-        labels = batch["label"].numpy()
-        ids = [i.decode() for i in batch["id"].numpy()]
-        masks = batch["mask"].numpy() if has_masks else None
-        targets = labels.astype(np.int32)
-        store.add_images(batch_index, ids, labels, targets)
-        if len(sanity_pool["images"]) < config.sanity_images:
-            take = config.sanity_images - len(sanity_pool["images"])
-            sanity_pool["images"].extend(images[:take])
-            sanity_pool["targets"].extend(targets[:take])
-        for method in methods:
-            bar.set_postfix_str(method)
-            if store.is_done(method, batch_index):
+    plan = WorkPlan(methods=methods, method_params=config.method_params, metrics=metrics,
+                    protocol=config.protocol, n_examples=config.n_examples)
+    if config.backend == "ray":
+        from xai.distributed import run_on_ray
+
+        run_on_ray(plan, pooled(batches), n_batches, store, run_dir / "model.keras", config, quiet)
+    else:
+        explainers, setup_errors = plan.create_explainers(model)
+        scorer = ev.ModelScorer(model)
+        bar = _progress(n_batches * len(methods), quiet, "xai compare")
+        for batch in pooled(batches):
+            for method in methods:
+                bar.set_postfix_str(method)
+                if not store.is_done(method, batch["index"]):
+                    outcome = plan.run_method(method, explainers, setup_errors, scorer, batch)
+                    store_outcome(store, method, batch, outcome)
                 bar.update()
-                continue
-            if method in setup_errors:
-                store.record_failure(method, batch_index, setup_errors[method], len(images))
-                bar.update()
-                continue
-            try:
-                explainer = explainers[method]
-                if method not in warmed:  # keep tracing out of the timings
-                    explainer.explain(images[:1], targets[:1])
-                    warmed.add(method)
-                start = time.perf_counter()
-                maps = explainer.explain(images, targets)
-                seconds = time.perf_counter() - start
-                maps = np.asarray(maps)
-                if maps.shape != images.shape[:3]:
-                    raise PluginError(f"{method} returned maps of shape {maps.shape}; "
-                                      f"expected {images.shape[:3]}.")
-                if not np.all(np.isfinite(maps)):
-                    raise PluginError(f"{method} returned NaN or infinite values.")
-                values, curves = [], []
-                per_image = seconds / len(images)
-                values += [(i, "seconds_per_image", per_image) for i in ids]
-                for metric in metrics:
-                    if metric in ("deletion", "insertion"):
-                        result = ev.causal_curves(metric, scorer, images, targets, maps,
-                                                  protocol=config.protocol)
-                        values += [(i, metric, a) for i, a in zip(ids, result.auc)]
-                        curves += [(i, metric, result.x, c) for i, c in zip(ids, result.curves)]
-                        store.set_extra(f"protocol_{metric}", result.protocol)
-                    elif metric == "pointing_game":
-                        values += [(i, metric, v) for i, v in zip(ids, ev.pointing_game(maps, masks))]
-                    elif metric == "relevance_mass":
-                        values += [(i, metric, v) for i, v in zip(ids, ev.relevance_mass(maps, masks))]
-                examples = []
-                if batch_index == 0:
-                    k = min(config.n_examples, len(images))
-                    examples = [(ids[j], images[j], maps[j], None if masks is None else masks[j])
-                                for j in range(k)]
-                store.commit_batch(method, batch_index, n_images=len(images), seconds=seconds,
-                                   values=values, curves=curves, examples=examples)
-            except Exception as exc:
-                store.record_failure(method, batch_index, _one_line(exc), len(images))
-            bar.update()
-    bar.close()
+        bar.close()
 
     if "sanity" in metrics and sanity_pool["images"]:
-        _run_sanity(store, model, methods, explainers, config, sanity_pool, quiet)
+        _run_sanity(store, model, methods, config, sanity_pool)
     if write_report:
         from xai.report import write_report as _write
 
@@ -231,15 +288,15 @@ def _one_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__) + loc
 
 
-def _run_sanity(store, model, methods, explainers, config, pool, quiet):
+def _run_sanity(store, model, methods, config, pool):
     images = np.stack(pool["images"])
     targets = np.asarray(pool["targets"], np.int32)
     names = {layer.name for layer in model.layers}
     layers = [n for n in SANITY_CHECKPOINTS if n in names]
     results = store.extra("sanity", {})
     for method in methods:
-        if method in results or method not in explainers:
-            continue
+        if method in results or not store.any_done(method):
+            continue  # done already, or the method never ran
         params = config.method_params.get(method, {})
         try:
             randomised = ev.model_randomisation(method, model, images, targets, params=params,

@@ -89,6 +89,11 @@ class ResultsStore:
                               (method, batch)).fetchone()
         return row is not None and row[0] == "done"
 
+    def any_done(self, method: str) -> bool:
+        """Whether at least one batch of `method` was committed successfully."""
+        return self.db.execute("SELECT 1 FROM batches WHERE method=? AND status='done' LIMIT 1",
+                               (method,)).fetchone() is not None
+
     def commit_batch(self, method: str, batch: int, *, n_images: int, seconds: float,
                      values: Iterable[tuple], curves: Iterable[tuple] = (),
                      examples: Iterable[tuple] = ()) -> None:
