@@ -39,15 +39,25 @@ from xai.models import with_precision  # noqa: E402
 from xai.plugins.occlusion import patch_starts  # noqa: E402
 
 
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def floor_fns(model, images, targets, rows: int, jit: bool):
     """Compiled forward and forward+backward on `rows` rows, as lean as a method can be."""
     spec = tf.TensorSpec((None, *images.shape[1:]), tf.float32)
 
-    @tf.function(input_signature=[spec], jit_compile=jit)
+    @tf.function(input_signature=[spec], jit_compile=jit, autograph=False)
     def forward(x):
         return tf.cast(model(x, training=False), tf.float32)
 
-    @tf.function(input_signature=[spec, tf.TensorSpec((None,), tf.int32)], jit_compile=jit)
+    @tf.function(input_signature=[spec, tf.TensorSpec((None,), tf.int32)], jit_compile=jit, autograph=False)
     def forward_backward(x, t):
         with tf.GradientTape() as tape:
             tape.watch(x)
@@ -57,7 +67,7 @@ def floor_fns(model, images, targets, rows: int, jit: bool):
 
     graph = keras.Model(model.inputs[0], [model.get_layer("block5_conv3").output, model.output])
 
-    @tf.function(input_signature=[spec, tf.TensorSpec((None,), tf.int32)], jit_compile=jit)
+    @tf.function(input_signature=[spec, tf.TensorSpec((None,), tf.int32)], jit_compile=jit, autograph=False)
     def forward_backward_to_layer(x, t):
         with tf.GradientTape() as tape:
             features, p = graph(x, training=False)
@@ -241,7 +251,7 @@ def main():
     images = rng.random((args.images, args.size, args.size, 3), dtype=np.float32)
     targets = rng.integers(0, 2, args.images).astype(np.int32)
     settings = method_settings(args)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}"
+    machine = f"{cpu_name()}, {os.cpu_count()} cores, TF {tf.__version__}"
     print(f"VGG16-GAP width {args.width}, {args.size}x{args.size}, {args.images} images; {machine}")
 
     base, fns = measure(model, images, targets, args, settings, jit=False)
