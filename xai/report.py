@@ -29,23 +29,26 @@ METRIC_INFO = {
 }
 
 
-def summary_table(values: list[dict]) -> list[dict]:
-    """Per metric and method: summary, rank, and a paired test against the best method."""
-    by_metric: dict = {}
-    for row in values:
-        by_metric.setdefault(row["metric"], {}).setdefault(row["method"], {})[row["image_id"]] = row["value"]
+def summary_table(arrays: dict) -> list[dict]:
+    """Per metric and method: summary, rank, and a paired test against the best method.
+
+    `arrays` is `ResultsStore.value_arrays()`: metric -> method -> (image ids, values).
+    """
     table = []
-    for metric in sorted(by_metric, key=lambda m: list(METRIC_INFO).index(m) if m in METRIC_INFO else 99):
-        per_method = by_metric[metric]
+    for metric in sorted(arrays, key=lambda m: list(METRIC_INFO).index(m) if m in METRIC_INFO else 99):
+        per_method = arrays[metric]
         higher = METRIC_INFO.get(metric, (True, ""))[0]
-        summaries = {m: st.summarise(list(v.values())) for m, v in per_method.items()}
+        summaries = {m: st.summarise(v) for m, (_, v) in per_method.items()}
         ranks = st.rank_methods({m: s["mean"] for m, s in summaries.items()}, higher)
         best = min(ranks, key=ranks.get)
+        best_ids, best_values = per_method[best]
         for method in sorted(per_method, key=lambda m: ranks[m]):
-            common = sorted(set(per_method[method]) & set(per_method[best]))
-            test = (st.paired_test([per_method[method][i] for i in common],
-                                   [per_method[best][i] for i in common])
-                    if method != best else {"p_value": None, "n": len(common)})
+            ids, values = per_method[method]
+            if method == best:
+                test = {"p_value": None, "n": len(ids)}
+            else:
+                _, mine, theirs = np.intersect1d(np.asarray(ids), np.asarray(best_ids), return_indices=True)
+                test = st.paired_test(values[mine], best_values[theirs])
             table.append({"metric": metric, "method": method, "rank": ranks[method],
                           "higher_is_better": higher, **summaries[method],
                           "p_vs_best": test["p_value"], "best": best})
@@ -60,9 +63,8 @@ def _png(fig, path: Path) -> str:
 
 def _curve_figure(metric: str, curves: dict):
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
-    for method, (x, y) in sorted(curves.items()):
-        mean = y.mean(axis=0)
-        half = 1.96 * y.std(axis=0, ddof=1) / np.sqrt(len(y)) if len(y) > 1 else np.zeros_like(mean)
+    for method, (x, mean, std, n) in sorted(curves.items()):
+        half = 1.96 * std / np.sqrt(n)
         ax.plot(x, mean, label=method)
         ax.fill_between(x, mean - half, mean + half, alpha=0.2)
     ax.set_xlabel("fraction of pixels " + ("deleted" if metric == "deletion" else "inserted"))
@@ -102,14 +104,13 @@ def write_report(run_dir) -> Path:
     run_dir = Path(run_dir)
     store = ResultsStore(run_dir)
     config = store.config
-    values = store.values()
-    table = summary_table(values)
+    table = summary_table(store.value_arrays())
     figures_dir = run_dir / "figures"
     figures_dir.mkdir(exist_ok=True)
 
     figures = []
     for metric in ("deletion", "insertion"):
-        curves = store.curves(metric)
+        curves = store.curve_stats(metric)
         if curves:
             figures.append({"title": f"{metric.capitalize()} curves", "file": f"figures/{metric}.png",
                             "data": _png(_curve_figure(metric, curves), figures_dir / f"{metric}.png")})
@@ -148,17 +149,21 @@ def write_report(run_dir) -> Path:
                                 undefined=jinja2.StrictUndefined)
     (run_dir / "report.md").write_text(md_env.get_template("report.md.j2").render(**context))
 
-    rows = st.tidy(values)
-    with open(run_dir / "results.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["image_id", "method", "metric", "value"])
-        writer.writeheader()
-        writer.writerows(rows)
+    # Streamed from the store: memory does not grow with the number of images.
     clean = lambda v: None if isinstance(v, float) and not np.isfinite(v) else v  # noqa: E731
-    (run_dir / "results.json").write_text(json.dumps({
-        "config": config, "summary": [{k: clean(v) for k, v in r.items()} for r in table],
-        "sanity": sanity, "failures": store.failures(), "protocols": protocols,
-        "values": [{k: clean(v) for k, v in r.items()} for r in rows],
-    }, indent=1))
+    with open(run_dir / "results.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image_id", "method", "metric", "value"])
+        writer.writerows((i, m, k, float(v)) for i, m, k, v in store.iter_values())
+    with open(run_dir / "results.json", "w") as fh:
+        head = json.dumps({
+            "config": config, "summary": [{k: clean(v) for k, v in r.items()} for r in table],
+            "sanity": sanity, "failures": store.failures(), "protocols": protocols, "values": []}, indent=1)
+        fh.write(head[:head.rindex("[]")] + "[")
+        for n, (i, m, k, v) in enumerate(store.iter_values()):
+            fh.write(("," if n else "") + "\n  " + json.dumps(
+                {"image_id": i, "method": m, "metric": k, "value": clean(float(v))}))
+        fh.write("\n ]\n}\n")
     store.close()
     return run_dir / "report.html"
 

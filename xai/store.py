@@ -8,6 +8,7 @@ rerun skips every committed one.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import sqlite3
 import time
@@ -126,20 +127,46 @@ class ResultsStore:
         row = self.db.execute("SELECT value FROM extras WHERE name=?", (name,)).fetchone()
         return default if row is None else json.loads(row[0])
 
+    def iter_values(self):
+        """(image_id, method, metric, value) rows in (method, metric, image_id) order, streamed."""
+        for i, m, k, v in self.db.execute("SELECT image_id, method, metric, value FROM vals "
+                                          "ORDER BY method, metric, image_id"):
+            yield i, m, k, (np.nan if v is None else v)
+
+    def value_arrays(self) -> dict:
+        """metric -> method -> (image ids, float64 values): compact, for summaries."""
+        out: dict = {}
+        for (metric, method), group in itertools.groupby(
+                self.db.execute("SELECT metric, method, image_id, value FROM vals "
+                                "ORDER BY metric, method, image_id"), key=lambda r: (r[0], r[1])):
+            rows = list(group)
+            out.setdefault(metric, {})[method] = (
+                [r[2] for r in rows], np.array([np.nan if r[3] is None else r[3] for r in rows], np.float64))
+        return out
+
     def values(self) -> list[dict]:
         rows = self.db.execute("SELECT image_id, method, metric, value FROM vals "
                                "ORDER BY method, metric, image_id").fetchall()
         return [{"image_id": i, "method": m, "metric": k, "value": np.nan if v is None else v}
                 for i, m, k, v in rows]
 
-    def curves(self, metric: str) -> dict:
-        """method -> (x, y (n_images, points)), images in id order."""
+    def curve_stats(self, metric: str) -> dict:
+        """method -> (x, mean curve, std curve, n images), accumulated row by row (streamed)."""
+        sums: dict = {}
+        for method, x, y in self.db.execute("SELECT method, x, y FROM curves WHERE metric=?", (metric,)):
+            y = np.asarray(json.loads(y), np.float64)
+            if method not in sums:
+                sums[method] = [np.asarray(json.loads(x)), np.zeros_like(y), np.zeros_like(y), 0]
+            entry = sums[method]
+            entry[1] += y
+            entry[2] += y * y
+            entry[3] += 1
         out = {}
-        for method, x, y in self.db.execute(
-                "SELECT method, x, y FROM curves WHERE metric=? ORDER BY method, image_id", (metric,)):
-            xs, ys = out.setdefault(method, (json.loads(x), []))
-            ys.append(json.loads(y))
-        return {m: (np.asarray(x), np.asarray(y)) for m, (x, y) in out.items()}
+        for method, (x, total, squares, n) in sums.items():
+            mean = total / n
+            var = np.maximum(squares / n - mean ** 2, 0.0) * (n / (n - 1) if n > 1 else 0.0)
+            out[method] = (x, mean, np.sqrt(var), n)
+        return out
 
     def failures(self) -> list[dict]:
         rows = self.db.execute("SELECT method, batch, error, n_images FROM batches "
