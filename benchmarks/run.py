@@ -164,6 +164,8 @@ def ours_fns(model, images, targets, args, settings, jit: bool):
     maps = xai.create_explainer("vanilla_gradient", model).explain(images, targets)
     scorer = ev.ModelScorer(model, jit_compile=jit)
     for metric in ("deletion", "insertion"):
+        if args.only and metric not in args.only.split(","):
+            continue
         fns[metric] = (lambda m=metric: ev.causal_curves(m, scorer, images, targets, maps, protocol="xplique",
                                                          steps=args.steps, batch_size=args.rows), None)
     return fns, maps
@@ -241,8 +243,14 @@ def main():
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--precision", action="store_true",
                         help="also time XLA, bfloat16 and both, with the largest change they cause")
+    parser.add_argument("--only", default=None, help="comma-separated subset of methods/metrics to time")
+    parser.add_argument("--ours-precision", default="float32", choices=["float32", "mixed_bfloat16"],
+                        help="run our methods (and their floors) on a copy of the model in this precision; "
+                             "the peers stay in float32")
     parser.add_argument("--out", default="benchmarks/results/latest.json")
     args = parser.parse_args()
+    if args.precision and args.ours_precision != "float32":
+        parser.error("--precision compares against float32 ours; leave --ours-precision at float32.")
 
     keras.utils.set_random_seed(0)
     keras.utils.disable_interactive_logging()  # peers call model.predict: no progress bars
@@ -250,11 +258,15 @@ def main():
     rng = np.random.default_rng(0)
     images = rng.random((args.images, args.size, args.size, 3), dtype=np.float32)
     targets = rng.integers(0, 2, args.images).astype(np.int32)
-    settings = method_settings(args)
+    settings = all_settings = method_settings(args)
+    if args.only:
+        wanted = {w.strip() for w in args.only.split(",")}
+        settings = {k: v for k, v in settings.items() if k in wanted}
     machine = f"{cpu_name()}, {os.cpu_count()} cores, TF {tf.__version__}"
     print(f"VGG16-GAP width {args.width}, {args.size}x{args.size}, {args.images} images; {machine}")
 
-    base, fns = measure(model, images, targets, args, settings, jit=False)
+    ours_model = model if args.ours_precision == "float32" else with_precision(model, args.ours_precision)
+    base, fns = measure(ours_model, images, targets, args, settings, jit=False)
     maps = xai.create_explainer("vanilla_gradient", model).explain(images, targets)
     rows = {name: {"seconds": s, "floor_seconds": f, "floor": text, "ratio_to_floor": ratio,
                    "images_per_second": args.images / s, "peers": {}}
@@ -262,7 +274,9 @@ def main():
 
     # Identical work should give identical numbers: check it while timing.
     if not args.no_peers:
-        for ours, label, fn in peer_cases(model, images, targets, args, settings):
+        for ours, label, fn in peer_cases(model, images, targets, args, all_settings):
+            if ours not in rows:
+                continue
             agreement = None
             if ours in ("deletion", "insertion"):
                 metric = fn()
@@ -272,7 +286,7 @@ def main():
             elif label in ("Xplique Saliency", "Xplique GradCAM"):
                 theirs = np.asarray(fn()).reshape(args.images, args.size, args.size)
                 # Xplique upsamples bicubically; bilinear (our default) is what is timed.
-                mine = xai.create_explainer(ours, model, **{**settings[ours][0], "interpolation": "bicubic"}
+                mine = xai.create_explainer(ours, ours_model, **{**settings[ours][0], "interpolation": "bicubic"}
                                             ).explain(images, targets) if "CAM" in label else fns[ours][0]()
                 agreement = float(np.abs(theirs - mine).max() / np.abs(mine).max())
             _, seconds, ratio = paired(fns[ours][0], fn, 1.0, args.repeats)

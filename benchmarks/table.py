@@ -14,7 +14,9 @@ def render(path: str) -> str:
     args, rows = data["args"], data["rows"]
     libraries = sorted({p.split(" ", 1)[0] for r in rows.values() for p in r["peers"]})
     lines = [f"VGG16-GAP width {args['width']}, {args['size']}x{args['size']}, {args['images']} images; "
-             f"{data['machine']}; {data.get('date', '')}; median of {args['repeats']} paired repeats.", "",
+             f"{data['machine']}; {data.get('date', '')}; median of {args['repeats']} paired repeats"
+             + (f"; ours in {args['ours_precision']} (floors too), peers in float32"
+                if args.get("ours_precision", "float32") != "float32" else "") + ".", "",
              "| what | floor | ours / floor | images/s | " + " | ".join(f"ours / {lib}" for lib in libraries) + " |",
              "|---|---|---:|---:|" + "---|" * len(libraries)]
     for name, r in rows.items():
