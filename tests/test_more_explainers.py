@@ -183,3 +183,33 @@ def test_cam_family_layer_errors_name_the_layer(tiny_model):
 def test_baselines_are_validated(name, tiny_model):
     with pytest.raises(ValueError, match="'baseline' must be one of"):
         xai.create_explainer(name, tiny_model, baseline="grey")
+
+
+def test_with_precision_runs_every_kind_of_method_and_stays_close(tiny_model, images):
+    from xai.models import model_spec, with_precision
+
+    bf16 = with_precision(tiny_model, "mixed_bfloat16")
+    assert bf16.get_layer("block5_conv3").compute_dtype == "bfloat16"
+    assert model_spec(bf16) == model_spec(tiny_model)
+    for a, b in zip(tiny_model.get_weights(), bf16.get_weights()):
+        np.testing.assert_array_equal(a, b)  # weights stay float32, unchanged
+    for name, params in [("cam", {}), ("grad_cam", {}), ("rise", {"n_masks": 16})]:
+        ref = xai.create_explainer(name, tiny_model, **params).explain(images, TARGETS)
+        low = xai.create_explainer(name, bf16, **params).explain(images, TARGETS)
+        assert low.dtype == np.float32
+        # bfloat16 keeps 8 bits of mantissa: CAM-family and RISE maps move by a few percent.
+        assert np.abs(low - ref).max() <= 0.1 * np.abs(ref).max()
+    with pytest.raises(ValueError, match="policy"):
+        with_precision(tiny_model, "float8")
+
+
+def test_bicubic_upsampling_under_xla_is_refused_with_a_reason(tiny_model):
+    with pytest.raises(ValueError, match="no XLA kernel"):
+        xai.create_explainer("grad_cam", tiny_model, interpolation="bicubic", jit_compile=True)
+
+
+def test_smoothgrad_noise_is_the_same_with_xla(tiny_model, images):
+    """The noise is drawn outside XLA: same seed, same maps up to float rounding."""
+    plain = xai.create_explainer("smoothgrad", tiny_model, n_samples=4).explain(images, TARGETS)
+    jit = xai.create_explainer("smoothgrad", tiny_model, n_samples=4, jit_compile=True).explain(images, TARGETS)
+    assert np.abs(jit - plain).max() <= 1e-2 * np.abs(plain).max()
