@@ -19,7 +19,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 import tensorflow as tf
 
-from xai.baselines import blur
+from xai.baselines import baseline_images, blur
 from xai.errors import DataError
 from xai.explainer import check_images, check_targets
 from xai.head import ModelHead
@@ -116,15 +116,13 @@ def make_baseline(images: np.ndarray, baseline) -> tuple[np.ndarray, str]:
             raise DataError(f"baseline callable returned shape {out.shape}; expected {images.shape}.")
         return out, f"callable {getattr(baseline, '__name__', repr(baseline))}"
     if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        return np.full_like(images, float(baseline)), f"constant {float(baseline)!r}"
-    if baseline == "zero":
-        return np.zeros_like(images), "zero"
-    if baseline == "mean":
-        return np.broadcast_to(images.mean(axis=(1, 2), keepdims=True), images.shape).copy(), \
-            "per-image channel mean"
-    if baseline == "blur":
-        return gaussian_blur(images), "gaussian blur (kernel 11, sigma 5, zero padding)"
-    raise ValueError(f"baseline must be one of {BASELINES}, a number or a callable; got {baseline!r}.")
+        description = f"constant {float(baseline)!r}"
+    elif isinstance(baseline, str) and baseline in BASELINES:
+        description = {"zero": "zero", "mean": "per-image channel mean",
+                       "blur": "gaussian blur (kernel 11, sigma 5, zero padding)"}[baseline]
+    else:
+        raise ValueError(f"baseline must be one of {BASELINES}, a number or a callable; got {baseline!r}.")
+    return baseline_images(tf.convert_to_tensor(images, tf.float32), baseline).numpy(), description
 
 
 def step_counts(n_pixels: int, steps: Optional[int], pixels_per_step: Optional[int]) -> np.ndarray:

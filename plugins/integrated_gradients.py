@@ -83,8 +83,8 @@ class IntegratedGradients(Explainer):
             self._accumulate_rows,
             [image_sig, image_sig, TARGETS_SIGNATURE, image_sig, INDEX_SIGNATURE, INDEX_SIGNATURE], jit)
 
-    def _images_per_call(self):
-        return max(1, self.resolved["batch_size"] // len(self._alphas))
+    def _copies_per_image(self):
+        return len(self._alphas)
 
     def _accumulate_rows(self, images, baselines, targets, total, rows, points):
         """Add the weighted gradients at path points `points` of images `rows` to `total`."""

@@ -72,13 +72,14 @@ class Occlusion(Explainer):
         if self.patch_size > min(height, width):
             raise ValueError(f"{owner}: parameter 'patch_size' ({self.patch_size}) is larger than the "
                              f"image ({height}x{width}).")
-        ys, xs = np.meshgrid(patch_starts(height, self.patch_size, self.stride),
-                             patch_starts(width, self.patch_size, self.stride), indexing="ij")
+        starts_y = patch_starts(height, self.patch_size, self.stride)
+        starts_x = patch_starts(width, self.patch_size, self.stride)
+        ys, xs = np.meshgrid(starts_y, starts_x, indexing="ij")
         self._corners = tf.constant(np.stack([ys.ravel(), xs.ravel()], axis=1), tf.int32)
-        coverage = np.zeros((height, width), np.float32)
-        for y, x in zip(ys.ravel(), xs.ravel()):
-            coverage[y:y + self.patch_size, x:x + self.patch_size] += 1
-        self._coverage = tf.constant(coverage)
+        # Patches form a grid, so the patches covering a pixel are (rows covering it) x (columns).
+        per_row = [((np.arange(size)[:, None] >= s) & (np.arange(size)[:, None] < s + self.patch_size)).sum(1)
+                   for size, s in ((height, starts_y[None, :]), (width, starts_x[None, :]))]
+        self._coverage = tf.constant(np.outer(*per_row), tf.float32)
         self._head = ModelHead(self.model)
         self._head.check_score(self.resolved["score"])
         image_sig = image_signature(self.spec)
@@ -94,8 +95,8 @@ class Occlusion(Explainer):
         """Occluded copies per image (one forward pass each)."""
         return int(self._corners.shape[0])
 
-    def _images_per_call(self):
-        return max(1, self.resolved["batch_size"] // self.n_positions)
+    def _copies_per_image(self):
+        return self.n_positions
 
     def _patch_masks(self, positions):
         """(R, H, W) float masks, 1 inside the patch at each of `positions`."""

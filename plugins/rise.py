@@ -91,8 +91,8 @@ class RISE(Explainer):
         cropped = tf.gather(upsampled, rows, axis=1, batch_dims=1)
         return tf.gather(cropped, cols, axis=2, batch_dims=1)
 
-    def _images_per_call(self):
-        return max(1, self.resolved["batch_size"] // self.resolved["n_masks"])
+    def _copies_per_image(self):
+        return self.resolved["n_masks"]
 
     def _accumulate_rows(self, images, targets, total, rows, indices):
         masks = self.masks(indices)

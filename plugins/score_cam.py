@@ -72,8 +72,8 @@ class ScoreCAM(Explainer):
                                   [image_sig, feature_sig, TARGETS_SIGNATURE, INDEX_SIGNATURE, INDEX_SIGNATURE], jit)
         self._combine = compile_fn(self._weighted_sum, [feature_sig, tf.TensorSpec((None, None), tf.float32)], jit)
 
-    def _images_per_call(self):
-        return max(1, self.resolved["batch_size"] // self.n_maps)
+    def _copies_per_image(self):
+        return self.n_maps
 
     def _select_maps(self, images, targets):
         """The `n_maps` maps used per image (N, h, w, n_maps) and the resolved targets."""

@@ -69,8 +69,8 @@ class SmoothGrad(Explainer):
         self._accumulate = compile_fn(
             self._accumulate_rows, [image_sig, TARGETS_SIGNATURE, image_sig, INDEX_SIGNATURE], jit)
 
-    def _images_per_call(self):
-        return max(1, self.resolved["batch_size"] // self.resolved["n_samples"])
+    def _copies_per_image(self):
+        return self.resolved["n_samples"]
 
     def _noisy_copies(self, images, rows, counters):
         """Image `rows[r]` plus its noise number `counters[r]`."""

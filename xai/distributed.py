@@ -12,7 +12,6 @@ recorded as failed and retried by the next run of the same command. At most
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterable
 
@@ -51,9 +50,6 @@ class ShardWorker:
         """Outcomes of `methods` on one shard, by method (see `WorkPlan.run_method`)."""
         return {m: self.plan.run_method(m, self.explainers, self.setup_errors, self.scorer, batch)
                 for m in methods}
-
-    def pid(self) -> int:
-        return os.getpid()
 
 
 def _resources(ray, workers):

@@ -143,9 +143,14 @@ class Explainer:
     def _setup(self) -> None:
         """Build compiled functions once (called at the end of ``__init__``)."""
 
+    def _copies_per_image(self) -> int:
+        """Model rows one image costs (noise samples, path points, masks...); 1 by default."""
+        return 1
+
     def _images_per_call(self) -> int:
-        """How many images `explain` hands to one `_explain_batch` call."""
-        return self.resolved["batch_size"]
+        """How many images `explain` hands to one `_explain_batch` call: as many as fill
+        ``batch_size`` model rows with their copies, at least one."""
+        return max(1, self.resolved["batch_size"] // self._copies_per_image())
 
     def _explain_batch(self, images: tf.Tensor, targets: tf.Tensor, offset: int) -> tf.Tensor:
         """Maps (n, H', W') for one batch. ``targets`` hold -1 for "predicted class";

@@ -144,12 +144,6 @@ class ResultsStore:
                 [r[2] for r in rows], np.array([np.nan if r[3] is None else r[3] for r in rows], np.float64))
         return out
 
-    def values(self) -> list[dict]:
-        rows = self.db.execute("SELECT image_id, method, metric, value FROM vals "
-                               "ORDER BY method, metric, image_id").fetchall()
-        return [{"image_id": i, "method": m, "metric": k, "value": np.nan if v is None else v}
-                for i, m, k, v in rows]
-
     def curve_stats(self, metric: str) -> dict:
         """method -> (x, mean curve, std curve, n images), accumulated row by row (streamed)."""
         sums: dict = {}
