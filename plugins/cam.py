@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-import tensorflow as tf
-
-from xai.explainer import BATCH_SIZE, JIT_COMPILE, Explainer, Param
-from xai.head import (
-    INTERPOLATIONS,
-    TARGETS_SIGNATURE,
-    ModelHead,
-    check_interpolation,
-    compile_fn,
-    image_signature,
-    resolve_targets,
-    upsample,
-)
-from xai.registry import register_explainer
+from xai._lazy import tf
+from xai.plugin_api import INTERPOLATIONS, Explainer, Param, resolve_targets
 
 
-@register_explainer("cam")
 class CAM(Explainer):
     """``CAM_c = sum_k w[k, c] * f_k``, upsampled to the input size.
 
@@ -47,30 +34,22 @@ class CAM(Explainer):
         "relu": Param(False, bool, doc="Clip negative evidence."),
         "interpolation": Param("bilinear", choices=INTERPOLATIONS,
                                doc="Upsampling from the feature grid to the input size."),
-        "batch_size": BATCH_SIZE,
-        "jit_compile": JIT_COMPILE,
     }
     needs = ("feature_layer", "classifier_layer")
 
-    def _setup(self):
-        check_interpolation(type(self).__name__, self.resolved)
-        self._head = ModelHead(self.model, extra_layers=[self.spec.feature_layer])
-        self._maps = compile_fn(self._compute, [image_signature(self.spec), TARGETS_SIGNATURE],
-                                self.resolved["jit_compile"])
+    def head_layers(self):
+        return [self.spec.feature_layer]
 
     def feature_cam(self, images, targets):
         """CAM at the feature grid's resolution (h, w), before upsampling."""
-        out = self._head(images)
+        out = self.head(images)
         resolved = resolve_targets(targets, out["probabilities"])
-        weights = tf.gather(tf.transpose(self._head.classifier.kernel), resolved)  # (N, K)
+        weights = tf.gather(tf.transpose(self.head.classifier.kernel), resolved)  # (N, K)
         features = out[self.spec.feature_layer]
         return tf.einsum("nhwk,nk->nhw", features, tf.cast(weights, features.dtype))
 
-    def _compute(self, images, targets):
+    def compute(self, images, targets):
         cam = self.feature_cam(images, targets)
         if self.resolved["relu"]:
             cam = tf.nn.relu(cam)
-        return upsample(cam, self.spec.input_shape[:2], self.resolved["interpolation"])
-
-    def _explain_batch(self, images, targets, offset):
-        return self._maps(images, targets)
+        return self.upsample(cam)

@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-import tensorflow as tf
-
-from xai.explainer import BATCH_SIZE, JIT_COMPILE, Explainer, Param
-from xai.head import (
-    INTERPOLATIONS,
-    SCORES,
-    TARGETS_SIGNATURE,
-    ModelHead,
-    check_interpolation,
-    compile_fn,
-    conv_layer,
-    image_signature,
-    layer_gradients,
-    upsample,
-)
-from xai.registry import register_explainer
+from xai._lazy import tf
+from xai.plugin_api import INTERPOLATIONS, Explainer, Param, conv_layer
 
 
-@register_explainer("grad_cam")
 class GradCAM(Explainer):
     """``ReLU(sum_k alpha_k A_k)`` with ``alpha_k`` the spatial mean of ``d y_c / d A_k``.
 
@@ -43,40 +28,31 @@ class GradCAM(Explainer):
     jit_compile : bool, default False
     """
 
+    default_score = "logit"
     parameters = {
         "layer": Param(None, str, allow_none=True, doc="Feature layer (None: last convolution)."),
-        "score": Param("logit", choices=SCORES, doc="What is differentiated."),
         "relu": Param(True, bool, doc="Keep only positive evidence."),
         "interpolation": Param("bilinear", choices=INTERPOLATIONS,
                                doc="Upsampling from the feature grid to the input size."),
-        "batch_size": BATCH_SIZE,
-        "jit_compile": JIT_COMPILE,
     }
 
-    def _setup(self):
-        check_interpolation(type(self).__name__, self.resolved)
-        self.layer = conv_layer(self.model, self.spec, self.resolved["layer"], self.name or "grad_cam")
-        self._head = ModelHead(self.model, extra_layers=[self.layer])
-        self._head.check_score(self.resolved["score"])
-        self._maps = compile_fn(self._compute, [image_signature(self.spec), TARGETS_SIGNATURE],
-                                self.resolved["jit_compile"])
+    def setup(self):
+        self.layer = conv_layer(self.model, self.spec, self.resolved["layer"], self.display_name)
 
-    def channel_weights(self, activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
+    def head_layers(self):
+        return [self.layer]
+
+    def channel_weights(self, activations, gradients):
         """(N, K) weight of each feature map."""
         return tf.reduce_mean(gradients, axis=[1, 2])
 
     def feature_map(self, images, targets):
         """The map at the layer's resolution (h, w), before the ReLU and upsampling."""
-        activations, gradients, _ = layer_gradients(self._head, images, targets,
-                                                    self.resolved["score"], self.layer)
-        weights = self.channel_weights(activations, gradients)
-        return tf.einsum("nhwk,nk->nhw", activations, weights)
+        activations, gradients, _ = self.layer_gradients(images, targets, self.layer)
+        return tf.einsum("nhwk,nk->nhw", activations, self.channel_weights(activations, gradients))
 
-    def _compute(self, images, targets):
+    def compute(self, images, targets):
         cam = self.feature_map(images, targets)
         if self.resolved.get("relu", True):
             cam = tf.nn.relu(cam)
-        return upsample(cam, self.spec.input_shape[:2], self.resolved["interpolation"])
-
-    def _explain_batch(self, images, targets, offset):
-        return self._maps(images, targets)
+        return self.upsample(cam)

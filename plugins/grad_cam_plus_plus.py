@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import tensorflow as tf
+from xai._lazy import tf
 from xai.plugins.grad_cam import GradCAM
 
-from xai.registry import register_explainer
 
-
-@register_explainer("grad_cam_plus_plus")
 class GradCAMPlusPlus(GradCAM):
     """``ReLU(sum_k w_k A_k)``, ``w_k = sum_ij alpha_ij^k ReLU(g_ij^k)``.
 
@@ -33,7 +30,7 @@ class GradCAMPlusPlus(GradCAM):
 
     parameters = {name: p for name, p in GradCAM.parameters.items() if name != "relu"}
 
-    def channel_weights(self, activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
+    def channel_weights(self, activations, gradients):
         g2 = tf.square(gradients)
         denominator = 2.0 * g2 + tf.reduce_sum(activations * g2 * gradients, axis=[1, 2], keepdims=True)
         alpha = tf.math.divide_no_nan(g2, denominator)

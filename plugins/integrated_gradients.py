@@ -3,29 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
-from xai.baselines import baseline_images, check_baseline
-from xai.explainer import BATCH_SIZE, JIT_COMPILE, Explainer, Param, copy_chunks
-from xai.head import (
-    INDEX_SIGNATURE,
-    REDUCTIONS,
-    SCORES,
-    TARGETS_SIGNATURE,
-    ModelHead,
-    compile_fn,
-    image_signature,
-    input_gradients,
-    reduce_channels,
-    targets_fn,
-)
-from xai.registry import register_explainer
+from xai._lazy import tf
+from xai.plugin_api import (REDUCTIONS, Param, PerturbationExplainer, baseline_images, check_baseline,
+                            reduce_channels)
 
 RULES = ("riemann", "trapezoid")
 
 
-@register_explainer("integrated_gradients")
-class IntegratedGradients(Explainer):
+class IntegratedGradients(PerturbationExplainer):
     """``(x - x') * integral_0^1 dF(x' + a (x - x')) / dx da``, summed over channels.
 
     Sundararajan et al., "Axiomatic Attribution for Deep Networks", ICML 2017. The
@@ -50,20 +36,15 @@ class IntegratedGradients(Explainer):
     jit_compile : bool, default False
     """
 
+    default_score = "logit"
     parameters = {
         "steps": Param(50, int, low=1, doc="Intervals of the path integral."),
-        "baseline": Param("black", (str, float), doc="Where the path starts."),
+        "baseline": Param("black", (str, float), check=check_baseline, doc="Where the path starts."),
         "rule": Param("riemann", choices=RULES, doc="Quadrature rule."),
-        "score": Param("logit", choices=SCORES, doc="What is differentiated."),
         "reduce": Param("sum", choices=("sum",) + REDUCTIONS, doc="Channel reduction."),
-        "batch_size": BATCH_SIZE,
-        "jit_compile": JIT_COMPILE,
     }
 
-    def _setup(self):
-        check_baseline(type(self).__name__, self.resolved["baseline"])
-        self._head = ModelHead(self.model)
-        self._head.check_score(self.resolved["score"])
+    def setup(self):
         steps = self.resolved["steps"]
         if self.resolved["rule"] == "trapezoid":
             alphas = np.linspace(0.0, 1.0, steps + 1)
@@ -74,37 +55,26 @@ class IntegratedGradients(Explainer):
             weights = np.full(steps, 1.0 / steps)
         self._alphas = tf.constant(alphas, tf.float32)
         self._weights = tf.constant(weights, tf.float32)
-        image_sig = image_signature(self.spec)
-        jit = self.resolved["jit_compile"]
-        self._predict = targets_fn(self._head, self.spec, jit)
-        self._baselines = compile_fn(lambda x: baseline_images(x, self.resolved["baseline"]),
-                                     [image_sig], jit)
-        self._accumulate = compile_fn(
-            self._accumulate_rows,
-            [image_sig, image_sig, TARGETS_SIGNATURE, image_sig, INDEX_SIGNATURE, INDEX_SIGNATURE], jit)
 
-    def _copies_per_image(self):
-        return len(self._alphas)
+    def n_copies(self):
+        return int(self._alphas.shape[0])
 
-    def _accumulate_rows(self, images, baselines, targets, total, rows, points):
-        """Add the weighted gradients at path points `points` of images `rows` to `total`."""
-        start = tf.gather(baselines, rows)
+    def accumulator_shape(self):
+        return tuple(self.spec.input_shape)
+
+    def prepare(self, images, targets):
+        return {"baselines": baseline_images(images, self.resolved["baseline"])}
+
+    def contribution(self, images, targets, state, rows, points, drawn):
+        """The weighted gradients at path points `points` of images `rows`."""
+        start = tf.gather(state["baselines"], rows)
         alpha = tf.gather(self._alphas, points)[:, None, None, None]
         path = start + alpha * (tf.gather(images, rows) - start)
-        gradients = input_gradients(self._head, path, tf.gather(targets, rows), self.resolved["score"])
-        weighted = gradients * tf.gather(self._weights, points)[:, None, None, None]
-        return tf.tensor_scatter_nd_add(total, rows[:, None], weighted)
+        gradients = self.input_gradients(path, tf.gather(targets, rows))
+        return gradients * tf.gather(self._weights, points)[:, None, None, None]
 
-    def _explain_batch(self, images, targets, offset):
-        # The class is the one predicted for the image itself, not for points on the path.
-        if bool(tf.reduce_any(targets < 0)):
-            targets = self._predict(images, targets)
-        baselines = self._baselines(images)
-        total = tf.zeros_like(images)
-        for rows, points in copy_chunks(int(images.shape[0]), len(self._alphas),
-                                        self.resolved["batch_size"]):
-            total = self._accumulate(images, baselines, targets, total, rows, points)
-        attributions = (images - baselines) * total
+    def finalize(self, images, targets, state, total):
+        attributions = (images - state["baselines"]) * total
         if self.resolved["reduce"] == "sum":
             return tf.reduce_sum(attributions, axis=-1)
         return reduce_channels(attributions, self.resolved["reduce"])

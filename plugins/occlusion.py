@@ -3,22 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
-from xai.baselines import baseline_images, check_baseline
-from xai.explainer import BATCH_SIZE, JIT_COMPILE, Explainer, Param, copy_chunks
-from xai.head import (
-    INDEX_SIGNATURE,
-    SCORES,
-    TARGETS_SIGNATURE,
-    ModelHead,
-    class_score,
-    compile_fn,
-    image_signature,
-    map_signature,
-    resolve_targets,
-)
-from xai.registry import register_explainer
+from xai._lazy import tf
+from xai.plugin_api import Param, ParameterError, PerturbationExplainer, baseline_images, check_baseline
 
 
 def patch_starts(size: int, patch: int, stride: int) -> np.ndarray:
@@ -29,8 +16,7 @@ def patch_starts(size: int, patch: int, stride: int) -> np.ndarray:
     return np.asarray(starts, np.int32)
 
 
-@register_explainer("occlusion")
-class Occlusion(Explainer):
+class Occlusion(PerturbationExplainer):
     """Per pixel, the mean score drop over the occluded copies whose patch covers it.
 
     Zeiler & Fergus, "Visualizing and Understanding Convolutional Networks", ECCV 2014.
@@ -54,24 +40,20 @@ class Occlusion(Explainer):
     jit_compile : bool, default False
     """
 
+    default_score = "probability"
     parameters = {
         "patch_size": Param(None, int, low=1, allow_none=True, doc="Patch side in pixels."),
         "stride": Param(None, int, low=1, allow_none=True, doc="Step between patches."),
-        "baseline": Param("black", (str, float), doc="What hides a patch."),
-        "score": Param("probability", choices=SCORES, doc="Score whose drop is measured."),
-        "batch_size": BATCH_SIZE,
-        "jit_compile": JIT_COMPILE,
+        "baseline": Param("black", (str, float), check=check_baseline, doc="What hides a patch."),
     }
 
-    def _setup(self):
-        owner = type(self).__name__
-        check_baseline(owner, self.resolved["baseline"])
+    def setup(self):
         height, width = self.spec.input_shape[:2]
         self.patch_size = self.resolved["patch_size"] or max(1, min(height, width) // 8)
         self.stride = self.resolved["stride"] or max(1, self.patch_size // 2)
         if self.patch_size > min(height, width):
-            raise ValueError(f"{owner}: parameter 'patch_size' ({self.patch_size}) is larger than the "
-                             f"image ({height}x{width}).")
+            raise ParameterError(f"{self.display_name}: parameter 'patch_size' ({self.patch_size}) is "
+                                 f"larger than the image ({height}x{width}).")
         starts_y = patch_starts(height, self.patch_size, self.stride)
         starts_x = patch_starts(width, self.patch_size, self.stride)
         ys, xs = np.meshgrid(starts_y, starts_x, indexing="ij")
@@ -80,22 +62,13 @@ class Occlusion(Explainer):
         per_row = [((np.arange(size)[:, None] >= s) & (np.arange(size)[:, None] < s + self.patch_size)).sum(1)
                    for size, s in ((height, starts_y[None, :]), (width, starts_x[None, :]))]
         self._coverage = tf.constant(np.outer(*per_row), tf.float32)
-        self._head = ModelHead(self.model)
-        self._head.check_score(self.resolved["score"])
-        image_sig = image_signature(self.spec)
-        jit = self.resolved["jit_compile"]
-        self._clean = compile_fn(self._clean_scores, [image_sig, TARGETS_SIGNATURE], jit)
-        self._accumulate = compile_fn(
-            self._accumulate_rows,
-            [image_sig, image_sig, TARGETS_SIGNATURE, tf.TensorSpec((None,), tf.float32), map_signature(self.spec),
-             INDEX_SIGNATURE, INDEX_SIGNATURE], jit)
 
     @property
     def n_positions(self) -> int:
         """Occluded copies per image (one forward pass each)."""
         return int(self._corners.shape[0])
 
-    def _copies_per_image(self):
+    def n_copies(self):
         return self.n_positions
 
     def _patch_masks(self, positions):
@@ -108,23 +81,15 @@ class Occlusion(Explainer):
         inside_x = (cols >= corners[:, 1:]) & (cols < corners[:, 1:] + self.patch_size)
         return tf.cast(inside_y[:, :, None] & inside_x[:, None, :], tf.float32)
 
-    def _clean_scores(self, images, targets):
-        out = self._head(images)
-        resolved = resolve_targets(targets, out["probabilities"])
-        baselines = baseline_images(images, self.resolved["baseline"])
-        return resolved, class_score(self.resolved["score"], out, resolved), baselines
+    def prepare(self, images, targets):
+        return {"clean": self.scores(images, targets),
+                "baselines": baseline_images(images, self.resolved["baseline"])}
 
-    def _accumulate_rows(self, images, baselines, targets, clean, total, rows, positions):
+    def contribution(self, images, targets, state, rows, positions, drawn):
         masks = self._patch_masks(positions)[..., None]
-        occluded = tf.gather(images, rows) * (1.0 - masks) + tf.gather(baselines, rows) * masks
-        scores = class_score(self.resolved["score"], self._head(occluded), tf.gather(targets, rows))
-        drops = tf.gather(clean, rows) - scores
-        return tf.tensor_scatter_nd_add(total, rows[:, None], drops[:, None, None] * masks[..., 0])
+        occluded = tf.gather(images, rows) * (1.0 - masks) + tf.gather(state["baselines"], rows) * masks
+        drops = tf.gather(state["clean"], rows) - self.scores(occluded, tf.gather(targets, rows))
+        return drops[:, None, None] * masks[..., 0]
 
-    def _explain_batch(self, images, targets, offset):
-        targets, clean, baselines = self._clean(images, targets)
-        total = tf.zeros(tf.shape(images)[:3], tf.float32)
-        for rows, positions in copy_chunks(int(images.shape[0]), self.n_positions,
-                                           self.resolved["batch_size"]):
-            total = self._accumulate(images, baselines, targets, clean, total, rows, positions)
+    def finalize(self, images, targets, state, total):
         return tf.math.divide_no_nan(total, self._coverage)

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import tensorflow as tf
-
-from xai.explainer import BATCH_SIZE, Explainer, Param
-from xai.registry import register_explainer
+from xai._lazy import tf
+from xai.plugin_api import Explainer, Param
 
 
-@register_explainer("random")
 class RandomBaseline(Explainer):
     """Uniform noise in [0, 1) per pixel, independent of the model.
 
@@ -23,9 +20,10 @@ class RandomBaseline(Explainer):
     """
 
     stochastic = True
-    parameters = {"seed": Param(0, int, low=0, doc="Seed of the noise."), "batch_size": BATCH_SIZE}
+    uses_model = False
+    parameters = {"seed": Param(0, int, low=0, doc="Seed of the noise.")}
 
-    def _explain_batch(self, images, targets, offset):
+    def explain_batch(self, images, targets, offset):
         height, width = self.spec.input_shape[:2]
         return tf.stack([
             tf.random.stateless_uniform((height, width), seed=(self.resolved["seed"], offset + i))

@@ -4,25 +4,11 @@ from __future__ import annotations
 
 import math
 
-import tensorflow as tf
-
-from xai.explainer import BATCH_SIZE, JIT_COMPILE, Explainer, Param, copy_chunks
-from xai.head import (
-    INDEX_SIGNATURE,
-    SCORES,
-    TARGETS_SIGNATURE,
-    ModelHead,
-    class_score,
-    compile_fn,
-    image_signature,
-    map_signature,
-    targets_fn,
-)
-from xai.registry import register_explainer
+from xai._lazy import tf
+from xai.plugin_api import Param, ParameterError, PerturbationExplainer
 
 
-@register_explainer("rise")
-class RISE(Explainer):
+class RISE(PerturbationExplainer):
     """``sum_i s(x * M_i) M_i / (n_masks * keep_probability)``.
 
     Petsiuk et al., "RISE: Randomized Input Sampling for Explanation of Black-box
@@ -47,38 +33,28 @@ class RISE(Explainer):
     """
 
     stochastic = True
+    default_score = "probability"
     parameters = {
         "n_masks": Param(2000, int, low=1, doc="Random masks per image."),
         "mask_resolution": Param(7, int, low=1, doc="Cells per side of the random grid."),
         "keep_probability": Param(0.5, float, low=1e-6, high=1.0, doc="Chance a cell is kept."),
         "seed": Param(0, int, low=0, doc="Seed of the masks."),
-        "score": Param("probability", choices=SCORES, doc="Score of the masked copies."),
-        "batch_size": BATCH_SIZE,
-        "jit_compile": JIT_COMPILE,
     }
 
-    def _setup(self):
+    def setup(self):
         n, s = self.resolved["n_masks"], self.resolved["mask_resolution"]
         height, width = self.spec.input_shape[:2]
         if s > min(height, width):
-            raise ValueError(f"{type(self).__name__}: parameter 'mask_resolution' ({s}) exceeds the "
-                             f"image size ({height}x{width}).")
+            raise ParameterError(f"{self.display_name}: parameter 'mask_resolution' ({s}) exceeds the "
+                                 f"image size ({height}x{width}).")
         self._cell = (math.ceil(height / s), math.ceil(width / s))
         seed = self.resolved["seed"]
         self._grids = tf.cast(tf.random.stateless_uniform((n, s, s, 1), seed=[seed, 0])
                               < self.resolved["keep_probability"], tf.float32)
         self._shifts = tf.random.stateless_uniform((n, 2), seed=[seed, 1], minval=0,
                                                    maxval=min(self._cell), dtype=tf.int32)
-        self._head = ModelHead(self.model)
-        self._head.check_score(self.resolved["score"])
-        image_sig = image_signature(self.spec)
-        jit = self.resolved["jit_compile"]
-        self._predict = targets_fn(self._head, self.spec, jit)
-        self._accumulate = compile_fn(
-            self._accumulate_rows,
-            [image_sig, TARGETS_SIGNATURE, map_signature(self.spec), INDEX_SIGNATURE, INDEX_SIGNATURE], jit)
 
-    def masks(self, indices) -> tf.Tensor:
+    def masks(self, indices):
         """Masks `indices` at input size, (R, H, W) in [0, 1]."""
         height, width = self.spec.input_shape[:2]
         s = self.resolved["mask_resolution"]
@@ -91,20 +67,13 @@ class RISE(Explainer):
         cropped = tf.gather(upsampled, rows, axis=1, batch_dims=1)
         return tf.gather(cropped, cols, axis=2, batch_dims=1)
 
-    def _copies_per_image(self):
+    def n_copies(self):
         return self.resolved["n_masks"]
 
-    def _accumulate_rows(self, images, targets, total, rows, indices):
+    def contribution(self, images, targets, state, rows, indices, drawn):
         masks = self.masks(indices)
-        masked = tf.gather(images, rows) * masks[..., None]
-        scores = class_score(self.resolved["score"], self._head(masked), tf.gather(targets, rows))
-        return tf.tensor_scatter_nd_add(total, rows[:, None], scores[:, None, None] * masks)
+        scores = self.scores(tf.gather(images, rows) * masks[..., None], tf.gather(targets, rows))
+        return scores[:, None, None] * masks
 
-    def _explain_batch(self, images, targets, offset):
-        if bool(tf.reduce_any(targets < 0)):
-            targets = self._predict(images, targets)
-        total = tf.zeros(tf.shape(images)[:3], tf.float32)
-        n_masks = self.resolved["n_masks"]
-        for rows, indices in copy_chunks(int(images.shape[0]), n_masks, self.resolved["batch_size"]):
-            total = self._accumulate(images, targets, total, rows, indices)
-        return total / (n_masks * self.resolved["keep_probability"])
+    def finalize(self, images, targets, state, total):
+        return total / (self.resolved["n_masks"] * self.resolved["keep_probability"])

@@ -2,21 +2,9 @@
 
 from __future__ import annotations
 
-from xai.explainer import BATCH_SIZE, JIT_COMPILE, Explainer, Param
-from xai.head import (
-    REDUCTIONS,
-    SCORES,
-    TARGETS_SIGNATURE,
-    ModelHead,
-    compile_fn,
-    image_signature,
-    input_gradients,
-    reduce_channels,
-)
-from xai.registry import register_explainer
+from xai.plugin_api import REDUCTIONS, Explainer, Param, reduce_channels
 
 
-@register_explainer("vanilla_gradient")
 class VanillaGradient(Explainer):
     """The gradient of a class score with respect to the input pixels.
 
@@ -43,22 +31,10 @@ class VanillaGradient(Explainer):
     ((2, 32, 32), dtype('float32'))
     """
 
+    default_score = "loss"
     parameters = {
-        "score": Param("loss", choices=SCORES, doc="What is differentiated."),
         "reduce": Param("sum_abs", choices=REDUCTIONS, doc="Channel reduction of |gradient|."),
-        "batch_size": BATCH_SIZE,
-        "jit_compile": JIT_COMPILE,
     }
 
-    def _setup(self):
-        self._head = ModelHead(self.model)
-        self._head.check_score(self.resolved["score"])
-        self._maps = compile_fn(self._compute, [image_signature(self.spec), TARGETS_SIGNATURE],
-                                self.resolved["jit_compile"])
-
-    def _compute(self, images, targets):
-        gradients = input_gradients(self._head, images, targets, self.resolved["score"])
-        return reduce_channels(gradients, self.resolved["reduce"])
-
-    def _explain_batch(self, images, targets, offset):
-        return self._maps(images, targets)
+    def compute(self, images, targets):
+        return reduce_channels(self.input_gradients(images, targets), self.resolved["reduce"])

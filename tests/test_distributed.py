@@ -45,7 +45,7 @@ def test_ray_backend_equals_local_and_retries_a_dead_workers_shard(trained_defau
 
         parameters = {"batch_size": BATCH_SIZE}
 
-        def _explain_batch(self, images, targets, offset):
+        def explain_batch(self, images, targets, offset):
             if not os.path.exists(marker):
                 open(marker, "w").close()
                 os._exit(1)
@@ -76,7 +76,7 @@ def test_ray_backend_equals_local_and_retries_a_dead_workers_shard(trained_defau
     class DiesOnce(xai.Explainer):  # noqa: F811 - same name and qualname: the same run key
         parameters = {"batch_size": BATCH_SIZE}
 
-        def _explain_batch(self, images, targets, offset):
+        def explain_batch(self, images, targets, offset):
             raise RuntimeError("recomputed")
 
     try:

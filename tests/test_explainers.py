@@ -43,7 +43,7 @@ def test_vanilla_gradient_equals_central_finite_difference(score):
     x = rng.random((1, 8, 8, 3)).astype(np.float64)
     target = 2
     explainer = xai.create_explainer("vanilla_gradient", model, score=score)
-    head = explainer._head
+    head = explainer.head
 
     def f(z):
         out = head(tf.constant(z, tf.float32))
@@ -125,7 +125,7 @@ def test_smoothgrad_noise_zero_equals_vanilla_and_seed_reproduces(tiny_model, im
 def test_smoothgrad_is_the_mean_of_noisy_gradients(tiny_model, images):
     """Against an independent loop: regenerate the same counter-based noise per copy."""
     sg = xai.create_explainer("smoothgrad", tiny_model, n_samples=3, seed=2, score="logit")
-    head = sg._head
+    head = sg.head
     got = sg.explain(images[:2], [1, 0])
     for i, t in enumerate([1, 0]):
         x = images[i]

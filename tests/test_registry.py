@@ -21,12 +21,25 @@ def test_builtins_are_found_through_entry_points_with_provenance():
                                              "smoothgrad", "vanilla_gradient"]
 
 
-def test_duplicate_and_unknown_names():
-    class Other(xai.Explainer):
-        pass
+def test_reregistering_replaces_with_a_warning_and_unknown_names_list_the_known():
+    """A notebook cell run again defines a new class under the same name: the new one wins."""
+    def define(offset):
+        class Edited(xai.Explainer):
+            def compute(self, images, targets):
+                return images[..., 0] * 0.0 + offset
+        return Edited
 
-    with pytest.raises(PluginError, match="already registered"):
-        xai.register_explainer("cam")(Other)
+    first, second = define(1.0), define(2.0)
+    assert first.__qualname__ == second.__qualname__
+    try:
+        xai.register_explainer("edited_in_a_notebook")(first)
+        xai.register_explainer("edited_in_a_notebook")(first)  # the same class: silent
+        with pytest.warns(RuntimeWarning, match="replaced"):
+            xai.register_explainer("edited_in_a_notebook")(second)
+        assert xai.registry.get_explainer("edited_in_a_notebook") is second
+        assert xai.plugin_info("cam").cls.name == "cam"  # the entry point alone names it
+    finally:
+        xai.registry.REGISTRY.unregister("edited_in_a_notebook")
     with pytest.raises(PluginError, match="registered: .*cam.*smoothgrad"):
         xai.create_explainer("gradcam_typo", None)
 

@@ -165,12 +165,12 @@ def test_changed_configuration_starts_a_new_run(trained_default, tmp_path):
 def test_failing_plugin_is_isolated_and_reported(trained_default, tmp_path):
     @xai.register_explainer("always_fails")
     class AlwaysFails(xai.Explainer):
-        def _explain_batch(self, images, targets, offset):
+        def explain_batch(self, images, targets, offset):
             raise RuntimeError("boom from the plugin")
 
     @xai.register_explainer("wrong_shape")
     class WrongShape(xai.Explainer):
-        def _explain_batch(self, images, targets, offset):
+        def explain_batch(self, images, targets, offset):
             return np.zeros((int(images.shape[0]), 3, 3), np.float32)
 
     try:

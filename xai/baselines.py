@@ -13,7 +13,9 @@ deletion/insertion switch pixels to or from it. One vocabulary for all of them:
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
+
+from xai._lazy import tf
+from xai.errors import ParameterError
 
 NAMED_BASELINES = ("zero", "black", "white", "mean", "blur")
 
@@ -36,14 +38,14 @@ def blur(images: tf.Tensor, kernel_size: int = 11, sigma: float = 5.0) -> tf.Ten
 
 
 def check_baseline(owner: str, baseline) -> None:
-    """Raise a ValueError naming the allowed baselines when `baseline` is none of them."""
+    """Raise a ParameterError naming the allowed baselines when `baseline` is none of them."""
     if isinstance(baseline, str):
         if baseline not in NAMED_BASELINES:
-            raise ValueError(f"{owner}: parameter 'baseline' must be one of {NAMED_BASELINES} or a "
+            raise ParameterError(f"{owner}: parameter 'baseline' must be one of {NAMED_BASELINES} or a "
                              f"number; got {baseline!r}.")
     elif isinstance(baseline, bool) or not isinstance(baseline, (int, float, np.number)) \
             or not np.isfinite(baseline):
-        raise ValueError(f"{owner}: parameter 'baseline' must be one of {NAMED_BASELINES} or a "
+        raise ParameterError(f"{owner}: parameter 'baseline' must be one of {NAMED_BASELINES} or a "
                          f"finite number; got {baseline!r}.")
 
 

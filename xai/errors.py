@@ -1,5 +1,9 @@
-"""Exceptions xai raises for user mistakes. Each subclasses ValueError so callers that
-catch bad input generically still catch them, and the CLI turns them into one-line errors."""
+"""Errors a user can cause, and only those.
+
+Everything here derives from `XAIError`: the CLI prints these as one line (exit 1) and shows
+any other exception, an internal bug, with its traceback. `XAIError` subclasses ValueError
+so that callers who catch bad input generically still catch it.
+"""
 
 
 class XAIError(ValueError):
@@ -16,3 +20,20 @@ class DataError(XAIError):
 
 class PluginError(XAIError):
     """An explainer name is unknown, duplicated, or its plugin misbehaves."""
+
+
+class ParameterError(XAIError, TypeError):
+    """A parameter (of an explainer, a metric or a run) is unknown, of the wrong type or out of
+    range. Also a TypeError, as Python raises for an unknown keyword argument."""
+
+
+class ConfigError(XAIError):
+    """A comparison's configuration is inconsistent (unknown metric, protocol, backend...)."""
+
+
+class StoreError(XAIError):
+    """A run directory's results store belongs to another run, or cannot be read or written."""
+
+
+class MissingDependencyError(XAIError):
+    """An optional dependency (Ray, ...) is needed for what was asked and is not installed."""

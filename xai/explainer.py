@@ -1,24 +1,33 @@
 """The explainer contract: every method, built-in or third-party, is an `Explainer`.
 
-A subclass declares its parameters (`Param`s, validated at construction with messages
-that name the parameter, what is allowed and what was passed), which declared model
-layers it needs, and implements `_explain_batch` on one tensor batch. The base class does
-the rest: input checks, target resolution, batching that bounds memory, numpy output.
+Template method. The base class owns what every method repeats: the common parameters
+(``batch_size``, ``jit_compile`` and, for methods that score a class, ``score``), their
+validation, input and target checks, the model head, compilation, batching that bounds
+memory, numpy output. An author writes public hooks only:
+
+- `Explainer.compute(images, targets)`: maps of one batch from one traced function (vanilla
+  gradient, CAM, Grad-CAM). ``targets`` may hold -1, "the predicted class".
+- `PerturbationExplainer`: for methods that push many copies of each image through the model
+  (SmoothGrad, Integrated Gradients, Occlusion, RISE, Score-CAM). The author says how many
+  copies an image costs (`n_copies`), what one chunk of (image, copy) rows adds to a per-image
+  total (`contribution`) and how the total becomes a map (`finalize`); the base class chunks
+  the copies of several images into full model calls and accumulates.
+
+Everything an author needs is importable from `xai.plugin_api`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Mapping, Optional, Sequence
+import math
+from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 
-import keras
 import numpy as np
-import tensorflow as tf
 
-from xai.errors import DataError
-from xai.models import ModelSpec, model_spec, prepare_model, require_layers
+from xai._lazy import tf
+from xai.errors import DataError, ParameterError
 
-_MISSING = object()
+SCORES = ("loss", "probability", "logit")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +44,12 @@ class Param:
         Inclusive bounds for numbers.
     allow_none : bool, default False
     doc : str
+    affects_output : bool, default True
+        False for parameters that only change speed or memory (the contract suite then
+        checks that the output does NOT change with them).
+    check : callable, optional
+        ``check(owner, value)`` raising `ParameterError` for values the other fields cannot
+        describe (e.g. a baseline name or a number).
     """
 
     default: Any
@@ -44,9 +59,8 @@ class Param:
     high: Optional[float] = None
     allow_none: bool = False
     doc: str = ""
-    #: False for parameters that only change speed or memory (the contract suite then
-    #: checks the output does NOT change with them).
     affects_output: bool = True
+    check: Optional[Callable[[str, Any], None]] = None
 
     def allowed(self) -> str:
         if self.choices is not None:
@@ -62,12 +76,13 @@ class Param:
         return text + (" or None" if self.allow_none else "")
 
     def validate(self, owner: str, name: str, value: Any) -> Any:
+        """`value` as it will be used (ints widened to float where a float is asked), or
+        `ParameterError` naming the parameter, what is allowed and what was passed."""
         if value is None and self.allow_none:
             return value
-        problem = None
+        problem = False
         if self.choices is not None:
-            if value not in self.choices:
-                problem = True
+            problem = value not in self.choices
         else:
             types = self.types if isinstance(self.types, tuple) else (self.types,)
             numeric = any(t in (int, float) for t in types)
@@ -75,17 +90,15 @@ class Param:
                 if float in types and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
                     value = float(value)
                 else:
-                    raise TypeError(f"{owner}: parameter {name!r} must be {self.allowed()}; "
-                                    f"got {value!r} ({type(value).__name__}).")
+                    raise ParameterError(f"{owner}: parameter {name!r} must be {self.allowed()}; "
+                                         f"got {value!r} ({type(value).__name__}).")
             if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
-                if not np.isfinite(value):
-                    problem = True
-                if self.low is not None and value < self.low:
-                    problem = True
-                if self.high is not None and value > self.high:
-                    problem = True
+                problem = (not np.isfinite(value) or (self.low is not None and value < self.low)
+                           or (self.high is not None and value > self.high))
         if problem:
-            raise ValueError(f"{owner}: parameter {name!r} must be {self.allowed()}; got {value!r}.")
+            raise ParameterError(f"{owner}: parameter {name!r} must be {self.allowed()}; got {value!r}.")
+        if self.check is not None:
+            self.check(owner, value)
         return value
 
 
@@ -93,6 +106,8 @@ BATCH_SIZE = Param(32, int, low=1, affects_output=False,
                    doc="Images (or perturbed copies) per model call; bounds memory.")
 JIT_COMPILE = Param(False, bool, affects_output=False,
                     doc="Compile with XLA (faster on most hardware; results equal to rounding).")
+#: Parameters the base class declares itself (see `Explainer.__init_subclass__`).
+COMMON = ("score", "batch_size", "jit_compile")
 
 
 class Explainer:
@@ -101,63 +116,183 @@ class Explainer:
     Parameters
     ----------
     model : keras.Model or path
-        A classifier taking (N, H, W, C) float32 images in [0, 1] and returning class
-        scores. Nested models are flattened; layers are read from its `ModelSpec`.
+        A classifier taking (N, H, W, C) float32 images and returning class scores. Nested
+        models are flattened; layers are read from its `ModelSpec`.
     spec : ModelSpec, optional
         Override the model's declared or derived facts (name layers explicitly).
     **params
-        The method's parameters (see its ``parameters``); stored as given in ``params``.
+        The method's parameters (see ``parameters``); kept as given in ``params`` and with
+        defaults filled in, validated, in ``resolved``.
 
-    Attributes
-    ----------
-    name : str
-        Registry name (set by `xai.register_explainer`).
+    Class attributes an author sets
+    -------------------------------
     parameters : dict of str -> Param
+        The method's own parameters. The base class adds ``batch_size``, ``jit_compile``
+        (unless ``uses_model`` is False) and ``score`` (when ``default_score`` is set).
+    default_score : {"loss", "probability", "logit"} or None
+        For methods that differentiate or measure a class score: the default of ``score``.
     needs : tuple of str
         `ModelSpec` fields the method requires (e.g. ``"feature_layer"``).
-    params : dict
-        The parameters exactly as passed.
+    stochastic : bool
+        Whether the output depends on a random seed.
+    uses_model : bool
+        False for model-independent baselines: no head, nothing compiled; the author
+        overrides `explain_batch`.
+
+    Hooks (all optional but one of `compute` / `explain_batch`)
+    ----------------------------------------------------------
+    setup() :
+        Derive what the method needs from ``self.resolved`` and ``self.spec`` before the head
+        is built (raise `ParameterError` / `ModelError` here for combinations of values).
+    head_layers() -> list of str :
+        Layers whose outputs `self.head` must expose besides the class scores.
+    compute(images, targets) -> (n, H, W) :
+        Traced once (XLA with ``jit_compile``); ``targets`` hold -1 for the predicted class.
+    explain_batch(images, targets, offset) -> (n, H, W) :
+        One batch; ``offset`` is its first image's index in the whole call (per-image seeds).
     """
 
     name: ClassVar[str] = ""
-    parameters: ClassVar[Mapping[str, Param]] = {"batch_size": BATCH_SIZE}
+    parameters: ClassVar[Mapping[str, Param]] = {}
+    default_score: ClassVar[Optional[str]] = None
     needs: ClassVar[Sequence[str]] = ()
-    #: Whether the output depends on a random seed (the contract suite checks determinism).
     stochastic: ClassVar[bool] = False
+    uses_model: ClassVar[bool] = True
 
-    def __init__(self, model, spec: Optional[ModelSpec] = None, **params):
-        owner = type(self).__name__
-        unknown = sorted(set(params) - set(self.parameters))
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own = {k: p for k, p in cls.parameters.items() if k not in COMMON}
+        common = {}
+        if cls.default_score is not None:
+            common["score"] = Param(cls.default_score, choices=SCORES, doc="What is scored or differentiated.")
+        common["batch_size"] = BATCH_SIZE
+        if cls.uses_model:
+            common["jit_compile"] = JIT_COMPILE
+        cls.parameters = {**own, **common}
+
+    # -- parameters without a model (run keys, up-front validation) ----------------------
+    @classmethod
+    def resolve_params(cls, params: Mapping[str, Any]) -> dict:
+        """Every parameter with defaults filled in and values validated; raises
+        `ParameterError` for unknown names and bad values, without building anything."""
+        owner = cls.name or cls.__name__
+        unknown = sorted(set(params) - set(cls.parameters))
         if unknown:
-            raise TypeError(f"{owner} got unknown parameter(s) {unknown}; it takes "
-                            f"{sorted(self.parameters)}.")
+            raise ParameterError(f"{owner} got unknown parameter(s) {unknown}; it takes "
+                                 f"{sorted(cls.parameters)}.")
+        return {name: p.validate(owner, name, params.get(name, p.default))
+                for name, p in cls.parameters.items()}
+
+    def __init__(self, model, spec=None, **params):
+        from xai.head import ModelHead
+        from xai.models import model_spec, prepare_model, require_layers
+
         self.params = dict(params)
-        self.resolved = {name: p.validate(owner, name, params.get(name, p.default))
-                         for name, p in self.parameters.items()}
-        self.model: keras.Model = prepare_model(model, spec)
-        self.spec: ModelSpec = model_spec(self.model)
-        require_layers(self.spec, self.name or owner, *self.needs)
-        self._setup()
+        self.resolved = type(self).resolve_params(params)
+        if self.resolved.get("interpolation") == "bicubic" and self.resolved.get("jit_compile"):
+            raise ParameterError(f"{self.display_name}: interpolation='bicubic' cannot be XLA-compiled "
+                                 "(TensorFlow has no XLA kernel for ResizeBicubic); use 'bilinear' or "
+                                 "jit_compile=False.")
+        self.model = prepare_model(model, spec)
+        self.spec = model_spec(self.model)
+        require_layers(self.spec, self.display_name, *self.needs)
+        self.setup()
+        self.head = None
+        if self.uses_model:
+            self.head = ModelHead(self.model, extra_layers=self.head_layers())
+            if "score" in self.resolved:
+                self.head.check_score(self.resolved["score"])
+        self._compiled: dict = {}
 
-    # -- for subclasses ----------------------------------------------------------------
-    def _setup(self) -> None:
-        """Build compiled functions once (called at the end of ``__init__``)."""
+    @property
+    def display_name(self) -> str:
+        return self.name or type(self).__name__
 
-    def _copies_per_image(self) -> int:
-        """Model rows one image costs (noise samples, path points, masks...); 1 by default."""
+    # -- hooks -----------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Derive settings from ``self.resolved`` and ``self.spec`` (before the head is built)."""
+
+    def head_layers(self) -> list:
+        """Layers whose outputs ``self.head`` exposes by name (CAM: the feature layer)."""
+        return []
+
+    def compute(self, images, targets):
+        """(n, H, W) maps of one batch, traced once; targets -1 mean "the predicted class"."""
+        raise NotImplementedError(f"{type(self).__name__} must implement compute(images, targets) "
+                                  "or explain_batch(images, targets, offset).")
+
+    def copies_per_image(self) -> int:
+        """Model rows one image costs in a call (sampling methods: their copies)."""
         return 1
 
-    def _images_per_call(self) -> int:
-        """How many images `explain` hands to one `_explain_batch` call: as many as fill
-        ``batch_size`` model rows with their copies, at least one."""
-        return max(1, self.resolved["batch_size"] // self._copies_per_image())
+    def explain_batch(self, images, targets, offset: int):
+        """Maps of one batch of at most `images_per_call` images (default: `compute`)."""
+        return self.compiled("compute", self.compute, [self.image_signature, self.index_signature])(
+            images, targets)
 
-    def _explain_batch(self, images: tf.Tensor, targets: tf.Tensor, offset: int) -> tf.Tensor:
-        """Maps (n, H', W') for one batch. ``targets`` hold -1 for "predicted class";
-        ``offset`` is the batch's first index in the whole call (for per-image seeds)."""
-        raise NotImplementedError
+    # -- helpers for hooks (traceable) -----------------------------------------------------
+    @property
+    def image_signature(self):
+        from xai.head import image_signature
+
+        return image_signature(self.spec)
+
+    @property
+    def index_signature(self):
+        from xai.head import index_signature
+
+        return index_signature()
+
+    def compiled(self, key: str, fn, signature=None, *, jit_compile: Optional[bool] = None):
+        """`fn` as a `tf.function` (XLA if ``jit_compile``), built once per `key`."""
+        from xai.head import compile_fn
+
+        if key not in self._compiled:
+            jit = self.resolved.get("jit_compile", False) if jit_compile is None else jit_compile
+            self._compiled[key] = compile_fn(fn, signature, jit)
+        return self._compiled[key]
+
+    def score_of(self, out: dict, targets):
+        """Per-image score ``score`` of `targets` from a head output."""
+        from xai.head import class_score
+
+        return class_score(self.resolved["score"], out, targets)
+
+    def scores(self, images, targets):
+        """Per-image score ``score`` of `targets` (resolved, no -1) for `images`."""
+        return self.score_of(self.head(images), targets)
+
+    def predicted(self, images, targets):
+        """`targets` with -1 replaced by the class the model predicts for `images`."""
+        from xai.head import resolve_targets
+
+        return resolve_targets(targets, self.head(images)["probabilities"])
+
+    def input_gradients(self, images, targets):
+        """d score / d images, (n, H, W, C); targets -1 resolved from the same pass."""
+        from xai.head import input_gradients
+
+        return input_gradients(self.head, images, targets, self.resolved["score"])
+
+    def layer_gradients(self, images, targets, layer: str):
+        """(A, d score / dA, resolved targets) for a layer listed in `head_layers`."""
+        from xai.head import layer_gradients
+
+        return layer_gradients(self.head, images, targets, self.resolved["score"], layer)
+
+    def upsample(self, maps, method: Optional[str] = None):
+        """(n, h, w) -> (n, H, W) at the input size (default: the ``interpolation`` parameter)."""
+        from xai.head import upsample
+
+        method = method or self.resolved.get("interpolation", "bilinear")
+        return upsample(maps, self.spec.input_shape[:2], method)
 
     # -- the contract ----------------------------------------------------------------------
+    def images_per_call(self) -> int:
+        """Images per `explain_batch`: as many as fill ``batch_size`` model rows with their
+        copies, at least one."""
+        return max(1, self.resolved["batch_size"] // self.copies_per_image())
+
     def explain(self, images, targets=None) -> np.ndarray:
         """Explain a batch.
 
@@ -175,13 +310,13 @@ class Explainer:
         """
         x = check_images(images, self.spec)
         t = check_targets(targets, len(x), self.spec.num_classes)
-        batch_size = self._images_per_call()
+        step = self.images_per_call()
         maps = []
-        for start in range(0, len(x), batch_size):
-            batch = tf.convert_to_tensor(x[start:start + batch_size])
-            result = self._explain_batch(batch, tf.convert_to_tensor(t[start:start + batch_size]), start)
+        for start in range(0, len(x), step):
+            result = self.explain_batch(tf.convert_to_tensor(x[start:start + step]),
+                                        tf.convert_to_tensor(t[start:start + step]), start)
             maps.append(np.asarray(result, dtype=np.float32))
-        return np.concatenate(maps, axis=0) if maps else np.zeros((0, *x.shape[1:3]), np.float32)
+        return np.concatenate(maps, axis=0)
 
     __call__ = explain
 
@@ -194,23 +329,100 @@ class Explainer:
         return f"{type(self).__name__}({args})"
 
 
-def copy_chunks(n_images: int, n_copies: int, batch_size: int):
-    """Every (image, copy) pair of a batch, image-major, in chunks of `batch_size` rows.
+class PerturbationExplainer(Explainer):
+    """Base of every method that scores many perturbed copies of each image.
 
-    Sampling and perturbation methods push many copies of each image through the model;
-    chunking the pairs (not the images) keeps every model call full and memory bounded
-    by `batch_size` whatever the number of copies. Yields (rows, copies) int32 tensors.
+    The base class resolves the targets once per batch (the class predicted for the image
+    itself, not for its copies), calls `prepare` once per batch, then walks every
+    (image, copy) pair of the batch in chunks of ``batch_size`` model rows, image-major, so
+    every model call is full and memory is bounded by ``batch_size`` whatever the number of
+    copies; each chunk's `contribution` is added to its image's total, and `finalize` turns
+    the totals into maps. Hooks:
+
+    n_copies() -> int :
+        Copies per image (noise samples, path points, masks, patches, feature maps).
+    accumulator_shape() -> tuple :
+        Shape of one image's total (default: the map's (H, W)).
+    prepare(images, targets) -> dict of (n, ...) tensors :
+        Per-batch state (baselines, clean scores, feature maps); default none.
+    draw(images, rows, counters) -> (R, ...) tensor :
+        Optional. Random inputs of each row, computed outside XLA so that a seed gives the
+        same numbers with and without ``jit_compile``; ``counters`` number each (image of the
+        whole call, copy) pair uniquely, for counter-based generators.
+    contribution(images, targets, state, rows, copies, drawn) -> (R, *accumulator_shape) :
+        What rows (image ``rows[r]``, copy ``copies[r]``) add to their images' totals.
+    finalize(images, targets, state, total) -> (n, H, W) :
+        The maps from the totals.
     """
-    rows = np.repeat(np.arange(n_images, dtype=np.int32), n_copies)
-    copies = np.tile(np.arange(n_copies, dtype=np.int32), n_images)
-    for start in range(0, len(rows), batch_size):
-        yield (tf.constant(rows[start:start + batch_size]),
-               tf.constant(copies[start:start + batch_size]))
+
+    def n_copies(self) -> int:
+        raise NotImplementedError(f"{type(self).__name__} must implement n_copies().")
+
+    def accumulator_shape(self) -> tuple:
+        return tuple(self.spec.input_shape[:2])
+
+    def prepare(self, images, targets) -> dict:
+        return {}
+
+    draw = None  # an optional hook: see the class docstring
+
+    def contribution(self, images, targets, state, rows, copies, drawn):
+        raise NotImplementedError(f"{type(self).__name__} must implement contribution(...).")
+
+    def finalize(self, images, targets, state, total):
+        return total
+
+    def copies_per_image(self) -> int:
+        return self.n_copies()
+
+    def model_calls(self, n_images: int) -> int:
+        """Batches of copies `explain` runs for `n_images` (for benchmarks)."""
+        return math.ceil(n_images * self.n_copies() / self.resolved["batch_size"])
+
+    def _accumulate(self, images, targets, state, total, rows, copies, drawn):
+        values = self.contribution(images, targets, state, rows, copies, drawn)
+        return tf.tensor_scatter_nd_add(total, rows[:, None], values)
+
+    def explain_batch(self, images, targets, offset: int):
+        from xai.head import batch_signature, targets_fn
+
+        image_sig, index_sig = self.image_signature, self.index_signature
+        if bool(tf.reduce_any(targets < 0)):
+            if "targets" not in self._compiled:
+                self._compiled["targets"] = targets_fn(self.head, self.spec, self.resolved["jit_compile"])
+            targets = self._compiled["targets"](images, targets)
+        state = self.compiled("prepare", self.prepare, [image_sig, index_sig])(images, targets)
+        n, n_copies, batch_size = int(images.shape[0]), self.n_copies(), self.resolved["batch_size"]
+        total_sig = tf.TensorSpec((None, *self.accumulator_shape()), tf.float32)
+        total = tf.zeros((n, *self.accumulator_shape()), tf.float32)
+        rows_all = np.repeat(np.arange(n, dtype=np.int32), n_copies)
+        copies_all = np.tile(np.arange(n_copies, dtype=np.int32), n)
+        for start in range(0, len(rows_all), batch_size):
+            rows = tf.constant(rows_all[start:start + batch_size])
+            copies = tf.constant(copies_all[start:start + batch_size])
+            args = [images, targets, state, total, rows, copies]
+            if self.draw is not None:
+                counters = (offset + rows) * n_copies + copies
+                args.append(self.compiled("draw", self.draw, [image_sig, index_sig, index_sig],
+                                          jit_compile=False)(images, rows, counters))
+            if "accumulate" not in self._compiled:
+                signature = [image_sig, index_sig, batch_signature(state), total_sig, index_sig, index_sig]
+                if self.draw is None:
+                    def accumulate(x, t, s, tot, r, c):
+                        return self._accumulate(x, t, s, tot, r, c, None)
+                else:
+                    accumulate = self._accumulate
+                    signature.append(batch_signature(args[-1]))
+                self.compiled("accumulate", accumulate, signature)
+            total = self._compiled["accumulate"](*args)
+        finalize = self.compiled("finalize", self.finalize,
+                                 [image_sig, index_sig, batch_signature(state), total_sig])
+        return finalize(images, targets, state, total)
 
 
-def check_images(images, spec: ModelSpec) -> np.ndarray:
+def check_images(images, spec) -> np.ndarray:
     """Validate a batch against the model: rank 4, size and channels, finite values."""
-    if isinstance(images, tf.Tensor):
+    if hasattr(images, "numpy") and not isinstance(images, np.ndarray):
         images = images.numpy()
     try:
         x = np.asarray(images, dtype=np.float32)

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import keras
-import tensorflow as tf
-
-from xai.errors import ModelError
-from xai.models import layer_tensors, model_spec
+from xai._lazy import keras, tf
+from xai.errors import ModelError, ParameterError
 
 SCORES = ("loss", "probability", "logit")
 
@@ -35,6 +32,8 @@ class ModelHead:
     """
 
     def __init__(self, model: keras.Model, extra_layers: Sequence[str] = ()):
+        from xai.models import layer_tensors, model_spec
+
         self.spec = model_spec(model)
         self.classifier = (model.get_layer(self.spec.classifier_layer)
                            if self.spec.classifier_layer else None)
@@ -96,7 +95,7 @@ def class_score(score: str, out: dict, targets: tf.Tensor) -> tf.Tensor:
         return tf.reduce_sum(probabilities * onehot, axis=-1)
     if score == "logit":
         return tf.reduce_sum(out["logits"] * tf.cast(onehot, out["logits"].dtype), axis=-1)
-    raise ValueError(f"score must be one of {SCORES}; got {score!r}.")
+    raise ParameterError(f"score must be one of {SCORES}; got {score!r}.")
 
 
 REDUCTIONS = ("sum_abs", "max_abs")
@@ -138,20 +137,13 @@ def upsample(maps: tf.Tensor, size, method: str = "bilinear") -> tf.Tensor:
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic")  # bicubic: as Xplique's Grad-CAM
 
 
-def check_interpolation(owner: str, resolved: dict) -> None:
-    """TensorFlow has no XLA kernel for bicubic resizing: say so at construction."""
-    if resolved.get("interpolation") == "bicubic" and resolved.get("jit_compile"):
-        raise ValueError(f"{owner}: interpolation='bicubic' cannot be XLA-compiled (TensorFlow has no "
-                         "XLA kernel for ResizeBicubic); use 'bilinear' or jit_compile=False.")
-
-
 def reduce_channels(gradients: tf.Tensor, reduce: str) -> tf.Tensor:
     """(N, H, W, C) -> (N, H, W): the seed's sum of |g| over channels, or Xplique's max."""
     if reduce == "sum_abs":
         return tf.reduce_sum(tf.abs(gradients), axis=-1)
     if reduce == "max_abs":
         return tf.reduce_max(tf.abs(gradients), axis=-1)
-    raise ValueError(f"reduce must be one of {REDUCTIONS}; got {reduce!r}.")
+    raise ParameterError(f"reduce must be one of {REDUCTIONS}; got {reduce!r}.")
 
 
 def compile_fn(fn, input_signature, jit_compile: bool):
@@ -161,16 +153,25 @@ def compile_fn(fn, input_signature, jit_compile: bool):
 
 
 def image_signature(spec) -> tf.TensorSpec:
+    """(N, H, W, C) float32 images of the model's size, any N."""
     return tf.TensorSpec((None, *spec.input_shape), tf.float32)
 
 
-TARGETS_SIGNATURE = tf.TensorSpec((None,), tf.int32)
+def index_signature() -> tf.TensorSpec:
+    """(N,) int32: targets, or row indices into a batch (which image, which copy)."""
+    return tf.TensorSpec((None,), tf.int32)
+
+
+def batch_signature(structure):
+    """Signature of a nest of per-image tensors with the batch axis left free."""
+    return tf.nest.map_structure(
+        lambda t: tf.TensorSpec((None, *t.shape[1:]) if t.shape.rank else (), t.dtype), structure)
 
 
 def targets_fn(head: ModelHead, spec, jit_compile: bool):
     """Compiled (images, targets) -> targets with -1 replaced by the predicted class."""
     return compile_fn(lambda x, t: resolve_targets(t, head(x)["probabilities"]),
-                      [image_signature(spec), TARGETS_SIGNATURE], jit_compile)
+                      [image_signature(spec), index_signature()], jit_compile)
 
 
 def conv_layer(model: keras.Model, spec, layer, method: str) -> str:
@@ -179,6 +180,8 @@ def conv_layer(model: keras.Model, spec, layer, method: str) -> str:
     Raises `ModelError` when there is none, the name is unknown, or its output is not a
     (N, h, w, K) feature map.
     """
+    from xai.models import layer_tensors
+
     if layer is None:
         if spec.last_conv_layer is None:
             raise ModelError(f"{method} needs a convolutional layer: this model declares no "
@@ -194,11 +197,3 @@ def conv_layer(model: keras.Model, spec, layer, method: str) -> str:
                          "(N, h, w, channels) feature map.")
     return layer
 
-
-#: Row indices into a batch (which image, which copy) for sampling/perturbation methods.
-INDEX_SIGNATURE = tf.TensorSpec((None,), tf.int32)
-
-
-def map_signature(spec) -> tf.TensorSpec:
-    """(N, H, W) float32 maps at input size."""
-    return tf.TensorSpec((None, *spec.input_shape[:2]), tf.float32)

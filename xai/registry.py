@@ -54,18 +54,17 @@ class Registry:
         if not (isinstance(cls, type) and issubclass(cls, Explainer)):
             raise PluginError(f"{name!r}: only subclasses of xai.Explainer can be registered; got {cls!r}.")
         existing = self._entries.get(name)
+        if existing is not None and existing.cls is cls:
+            # The same class again (decorator, then its entry point): keep the richer provenance.
+            if distribution and not existing.distribution:
+                self._entries[name] = dataclasses.replace(
+                    existing, distribution=distribution, version=version, entry_point=entry_point)
+            return cls
         if existing is not None:
-            if existing.qualname == f"{cls.__module__}.{cls.__qualname__}":
-                # Same class seen again (module re-import, or decorator then entry point):
-                # keep the richer provenance.
-                if distribution and not existing.distribution:
-                    self._entries[name] = dataclasses.replace(
-                        existing, cls=cls, distribution=distribution, version=version,
-                        entry_point=entry_point)
-                return cls
-            raise PluginError(f"explainer name {name!r} is already registered by "
-                              f"{existing.qualname}; {cls.__module__}.{cls.__qualname__} cannot "
-                              "take it. Choose another name.")
+            # A notebook cell run again defines a new class with the same qualified name: the
+            # edited code must win, or the user keeps running what they just changed.
+            warnings.warn(f"xai: explainer {name!r} ({existing.qualname}) is replaced by "
+                          f"{cls.__module__}.{cls.__qualname__}.", RuntimeWarning, stacklevel=3)
         cls.name = name
         self._entries[name] = PluginInfo(name, cls, distribution, version, entry_point)
         return cls
@@ -117,18 +116,22 @@ REGISTRY = Registry()
 def register_explainer(name: str):
     """Class decorator: register an `Explainer` subclass under `name`.
 
-    Examples
-    --------
+    A packaged plugin needs no decorator: its entry point in the ``xai.explainers`` group
+    names it. The decorator is for explainers defined in a script or a notebook.
+
     >>> import xai
     >>> @xai.register_explainer("doc_example_zeros")
     ... class Zeros(xai.Explainer):
-    ...     def _explain_batch(self, images, targets, offset):
+    ...     def compute(self, images, targets):
     ...         return images[..., 0] * 0.0
     >>> "doc_example_zeros" in xai.list_explainers("doc_*")
     True
     >>> xai.registry.REGISTRY.unregister("doc_example_zeros")
     """
     def decorate(cls):
+        # Installed plugins first, so that a class defined here replaces one of theirs, not
+        # the other way round when they load later.
+        REGISTRY.load_entry_points()
         return REGISTRY.register(name, cls)
     return decorate
 
