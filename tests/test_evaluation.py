@@ -5,7 +5,8 @@ from scipy import stats
 
 import xai
 from xai import evaluation as ev
-from xai.errors import DataError
+from xai.errors import DataError, ModelError, ParameterError
+from xai.evaluation import sanity
 
 
 def _linear_model(weights, h=2, w=2, bias0=0.0):
@@ -163,6 +164,8 @@ def test_statistics():
 
 
 def test_sanity_checks_expose_a_model_independent_method(tiny_model, images):
+    weights_before = [w.copy() for w in tiny_model.get_weights()]
+    before = xai.create_explainer("vanilla_gradient", tiny_model).explain(images, [0, 1, 0, 1])
     grads = ev.model_randomisation("vanilla_gradient", tiny_model, images, [0, 1, 0, 1],
                                    layers=["predictions", "block5_conv3", "block1_conv1"])
     noise = ev.model_randomisation("random", tiny_model, images, [0, 1, 0, 1], layers=["predictions", "block1_conv1"])
@@ -171,9 +174,215 @@ def test_sanity_checks_expose_a_model_independent_method(tiny_model, images):
     # Gradients depend on the weights: fully randomised, they decorrelate.
     assert np.nanmean(grads["spearman"][-1]) < 0.9
     assert grads["spearman"].shape == (3, 4)
-    # The original model is untouched.
+    # The original model is untouched: same weights, same maps as before the checks ran.
+    for w_before, w_after in zip(weights_before, tiny_model.get_weights()):
+        np.testing.assert_array_equal(w_after, w_before)
     after = xai.create_explainer("vanilla_gradient", tiny_model).explain(images, [0, 1, 0, 1])
-    before = xai.create_explainer("vanilla_gradient", tiny_model).explain(images, [0, 1, 0, 1])
     np.testing.assert_array_equal(after, before)
     logit = ev.random_logit("random", tiny_model, images, [0, 1, 0, 1])
     np.testing.assert_allclose(logit, 1.0)
+
+
+# --- Sanity checks: re-initialisation and checkpoints ----------------------------------------
+
+def _as_if_trained(model, seed=0):
+    """Give every variable, statistics included, values no initializer would draw."""
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        values = rng.uniform(0.5, 1.5, variable.shape).astype(np.float32)  # > 0: a valid variance
+        variable.assign(values)
+
+
+def _constant_initialiser_model():
+    """Each trainable variable has its own constant initializer, so a redraw is a known answer."""
+    c = keras.initializers.Constant
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", kernel_initializer=c(0.25), bias_initializer=c(-1.0),
+                            name="conv")(inputs)
+    x = keras.layers.BatchNormalization(gamma_initializer=c(2.0), beta_initializer=c(3.0), name="bn")(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", depthwise_initializer=c(0.5),
+                                     bias_initializer=c(0.75), name="depthwise")(x)
+    x = keras.layers.SeparableConv2D(4, 3, padding="same", depthwise_initializer=c(4.0),
+                                     pointwise_initializer=c(5.0), bias_initializer=c(6.0),
+                                     name="separable")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(2, kernel_initializer="zeros", bias_initializer="ones",
+                                 name="predictions")(x)
+    return keras.Model(inputs, outputs)
+
+
+EXPECTED_REDRAW = {
+    "conv": {"kernel": 0.25, "bias": -1.0},
+    "bn": {"gamma": 2.0, "beta": 3.0},
+    "depthwise": {"kernel": 0.5, "bias": 0.75},
+    "separable": {"depthwise_kernel": 4.0, "pointwise_kernel": 5.0, "bias": 6.0},
+    "predictions": {"kernel": 0.0, "bias": 1.0},
+}
+
+
+def test_reinitialise_redraws_each_trainable_variable_from_its_own_initializer():
+    model = _constant_initialiser_model()
+    _as_if_trained(model)
+    stats_before = {v.path: v.numpy().copy() for v in model.get_layer("bn").non_trainable_weights}
+    for name, expected in EXPECTED_REDRAW.items():
+        layer = model.get_layer(name)
+        sanity._reinitialise(layer, seed=0)
+        redrawn = {v.path.rsplit("/", 1)[-1]: v.numpy() for v in layer.trainable_weights}
+        assert sorted(redrawn) == sorted(expected)
+        for variable, value in expected.items():
+            np.testing.assert_array_equal(redrawn[variable], value, err_msg=f"{name}/{variable}")
+    # BatchNormalization's statistics are not parameters: untouched, the variance still positive.
+    assert len(stats_before) == 2
+    for variable in model.get_layer("bn").non_trainable_weights:
+        np.testing.assert_array_equal(variable.numpy(), stats_before[variable.path])
+    assert np.all(model.get_layer("bn").moving_variance.numpy() > 0)
+
+
+def test_reinitialise_is_seeded_and_covers_frozen_layers():
+    def dense():
+        inputs = keras.Input((5,))
+        layer = keras.layers.Dense(16, kernel_initializer=keras.initializers.RandomUniform(-0.1, 0.1))
+        keras.Model(inputs, layer(inputs))
+        layer.kernel.assign(np.full((5, 16), 3.0, np.float32))
+        return layer
+
+    a, b, c, frozen = dense(), dense(), dense(), dense()
+    frozen.trainable = False  # a frozen (transfer-learned) layer is still part of the model
+    for layer, seed in ((a, 1), (b, 1), (c, 2), (frozen, 1)):
+        sanity._reinitialise(layer, seed)
+    assert np.all(np.abs(a.kernel.numpy()) <= 0.1)  # drawn from its own RandomUniform(-0.1, 0.1)
+    np.testing.assert_array_equal(a.kernel.numpy(), b.kernel.numpy())
+    np.testing.assert_array_equal(a.kernel.numpy(), frozen.kernel.numpy())
+    assert not np.array_equal(a.kernel.numpy(), c.kernel.numpy())
+
+
+def test_reinitialise_without_an_initializer_permutes_the_values():
+    class Scale(keras.layers.Layer):
+        def build(self, input_shape):
+            self.factors = self.add_weight(shape=(32,), initializer="ones", name="factors")
+
+        def call(self, x):
+            return x * self.factors
+
+    layer = Scale()
+    layer.build((None, 32))
+    trained = np.arange(32, dtype=np.float32)
+    layer.factors.assign(trained)
+    sanity._reinitialise(layer, seed=0)
+    values = layer.factors.numpy()
+    assert not np.array_equal(values, trained)
+    np.testing.assert_array_equal(np.sort(values), trained)  # same scale, learned order gone
+
+
+def _recording_method(snapshots):
+    """A stand-in explainer that records the weights of the model it explains, each call."""
+    class Recorder:
+        def __init__(self, model):
+            self.model = model
+
+        def explain(self, images, targets):
+            snapshots.append({layer.name: [w.copy() for w in layer.get_weights()]
+                              for layer in self.model.layers})
+            return np.asarray(images, np.float32).mean(axis=-1)
+
+    return Recorder
+
+
+def _small_bn_classifier():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv1")(inputs)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.MaxPooling2D(name="pool1")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="conv2")(x)
+    x = keras.layers.BatchNormalization(name="bn2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(2, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs)
+
+
+def test_model_randomisation_cascade_is_cumulative_and_keeps_statistics():
+    model = _small_bn_classifier()
+    _as_if_trained(model)
+    images = np.random.default_rng(0).random((2, 16, 16, 3), dtype=np.float32)
+    snapshots = []
+    result = ev.model_randomisation(_recording_method(snapshots), model, images, [0, 1])
+    order = sanity.weighted_layers_top_down(model)
+    assert order == ["predictions", "bn2", "conv2", "bn1", "conv1"]
+    assert result["layers"] == sanity.sanity_checkpoints(model) == ["predictions", "bn2", "bn1", "conv1"]
+    original, randomised = snapshots[0], snapshots[1:]
+    assert len(randomised) == len(result["layers"]) == result["spearman"].shape[0]
+    for checkpoint, weights in zip(result["layers"], randomised):
+        depth = order.index(checkpoint)
+        for position, name in enumerate(order):
+            layer = model.get_layer(name)
+            n_params = len(layer.trainable_weights)
+            for i, (now, then) in enumerate(zip(weights[name], original[name])):
+                if i >= n_params:  # BatchNormalization's moving mean and variance: never touched
+                    np.testing.assert_array_equal(now, then)
+                elif position <= depth:  # at or above the checkpoint: every parameter redrawn
+                    assert not np.array_equal(now, then), (checkpoint, name, i)
+                else:  # below it: untouched
+                    np.testing.assert_array_equal(now, then)
+            if isinstance(layer, keras.layers.BatchNormalization):
+                assert np.all(weights[name][-1] > 0)  # the moving variance stays a variance
+    # An explicit list still works, in any order; rows come back top down.
+    explicit = ev.model_randomisation(_recording_method([]), model, images, [0, 1],
+                                      layers=["conv2", "predictions"])
+    assert explicit["layers"] == ["predictions", "conv2"]
+    with pytest.raises(ParameterError, match="gap"):
+        ev.model_randomisation(_recording_method([]), model, images, [0, 1], layers=["gap"])
+
+
+VGG16_CHECKPOINTS = ["predictions", "block5_conv3", "block4_conv3", "block3_conv3", "block2_conv2",
+                     "block1_conv2", "block1_conv1"]
+
+
+def test_sanity_checkpoints_on_vgg16_gap(tiny_model, nested_model):
+    assert sanity.sanity_checkpoints(tiny_model) == VGG16_CHECKPOINTS
+    assert sanity.sanity_checkpoints(xai.vgg16_gap((32, 32, 3), width=0.125)) == VGG16_CHECKPOINTS
+    assert sanity.sanity_checkpoints(xai.models.prepare_model(nested_model)) == VGG16_CHECKPOINTS
+    # Thinned: the classifier and the full cascade stay, the stages between are evenly spaced.
+    thinned = sanity.sanity_checkpoints(tiny_model, max_checkpoints=3)
+    assert thinned == ["predictions", "block3_conv3", "block1_conv1"]
+    assert sanity.sanity_checkpoints(tiny_model, max_checkpoints=20) == VGG16_CHECKPOINTS
+    for bad in (1, 2.5, True):
+        with pytest.raises(ParameterError, match="max_checkpoints"):
+            sanity.sanity_checkpoints(tiny_model, max_checkpoints=bad)
+
+
+def test_sanity_checkpoints_on_a_plain_sequential():
+    model = keras.Sequential([
+        keras.Input((16, 16, 3)),
+        keras.layers.Conv2D(4, 3, padding="same", name="c1"),
+        keras.layers.Conv2D(4, 3, padding="same", name="c2"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(4, 3, padding="same", name="c3"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(8, name="hidden"),
+        keras.layers.Dense(2, name="out"),
+    ])
+    assert sanity.sanity_checkpoints(model) == ["out", "c3", "c2", "c1"]
+    with pytest.raises(ModelError, match="keras.Input"):
+        sanity.sanity_checkpoints(keras.Sequential([keras.layers.Dense(2)]))
+
+
+@pytest.mark.parametrize("name, size, n_stages", [
+    ("ResNet50", 64, 5), ("MobileNetV2", 64, 5), ("DenseNet121", 64, 5),
+    ("EfficientNetB0", 64, 5),  # squeeze-and-excitation branches (1x1) must not split stages
+])
+def test_sanity_checkpoints_on_keras_applications(name, size, n_stages):
+    model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3), classes=2)
+    checkpoints = sanity.sanity_checkpoints(model)
+    order = sanity.weighted_layers_top_down(model)
+    assert checkpoints[0] == model.layers[-1].name == "predictions"  # the classifier first
+    assert checkpoints[-1] == order[-1]  # the full cascade last
+    positions = [order.index(c) for c in checkpoints]
+    assert positions == sorted(set(positions))  # distinct, top down in graph order
+    assert len(checkpoints) == n_stages + 2
+    sizes = [model.get_layer(c).output.shape[1] for c in checkpoints[1:-1]]
+    assert sizes == sorted(set(sizes))  # one checkpoint per resolution, coarsest first
+    if name == "ResNet50":
+        assert checkpoints == ["predictions", "conv5_block3_3_bn", "conv4_block6_3_bn", "conv3_block4_3_bn",
+                               "conv2_block3_3_bn", "conv1_bn", "conv1_conv"]
