@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from xai.baselines import baseline_images, blur
-from xai.errors import DataError
+from xai.errors import DataError, ModelError, ParameterError
 from xai.explainer import check_images, check_targets
 from xai.head import ModelHead
 from xai.models import model_spec, prepare_model
@@ -68,7 +68,7 @@ class ModelScorer:
     def rows_fn(self, score: str):
         """Compiled (start, end, ranks, targets, rows, counts) -> scores, one per score kind."""
         if score == "logit" and self.head.classifier is None:
-            raise ValueError("score='logit' needs a model with a declared classifier layer.")
+            raise ModelError("score='logit' needs a model with a declared classifier layer.")
         if score not in self._compiled:
             key = {"probability": "probabilities", "output": "output", "logit": "logits"}[score]
             image_sig = tf.TensorSpec((None, *self.spec.input_shape), tf.float32)
@@ -121,28 +121,28 @@ def make_baseline(images: np.ndarray, baseline) -> tuple[np.ndarray, str]:
         description = {"zero": "zero", "mean": "per-image channel mean",
                        "blur": "gaussian blur (kernel 11, sigma 5, zero padding)"}[baseline]
     else:
-        raise ValueError(f"baseline must be one of {BASELINES}, a number or a callable; got {baseline!r}.")
+        raise ParameterError(f"baseline must be one of {BASELINES}, a number or a callable; got {baseline!r}.")
     return baseline_images(tf.convert_to_tensor(images, tf.float32), baseline).numpy(), description
 
 
 def step_counts(n_pixels: int, steps: Optional[int], pixels_per_step: Optional[int]) -> np.ndarray:
     """Pixels switched at each point of the curve, both ends included."""
     if (steps is None) == (pixels_per_step is None):
-        raise ValueError("give exactly one of steps or pixels_per_step.")
+        raise ParameterError("give exactly one of steps or pixels_per_step.")
     if steps is not None:
         if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1; got {steps!r}.")
+            raise ParameterError(f"steps must be an integer >= 1; got {steps!r}.")
         # Truncating linspace, as Xplique does, so the "xplique" preset switches the same pixels.
         return np.linspace(0, n_pixels, int(steps) + 1).astype(np.int32)
     if not isinstance(pixels_per_step, (int, np.integer)) or pixels_per_step < 1:
-        raise ValueError(f"pixels_per_step must be an integer >= 1; got {pixels_per_step!r}.")
+        raise ParameterError(f"pixels_per_step must be an integer >= 1; got {pixels_per_step!r}.")
     n_steps = -(-n_pixels // int(pixels_per_step))
     return np.minimum(np.arange(n_steps + 1) * int(pixels_per_step), n_pixels).astype(np.int32)
 
 
 def _resolve(mode: str, protocol: str, overrides: dict) -> dict:
     if protocol not in PRESETS:
-        raise ValueError(f"protocol must be one of {sorted(PRESETS)}; got {protocol!r}.")
+        raise ParameterError(f"protocol must be one of {sorted(PRESETS)}; got {protocol!r}.")
     preset = PRESETS[protocol]
     settings = {"steps": preset["steps"], "pixels_per_step": preset["pixels_per_step"],
                 "baseline": preset[f"{mode}_baseline"], "score": preset["score"],
@@ -154,11 +154,11 @@ def _resolve(mode: str, protocol: str, overrides: dict) -> dict:
         settings["steps"] = None
     settings.update(given)
     if settings["score"] not in SCORES:
-        raise ValueError(f"score must be one of {SCORES}; got {settings['score']!r}.")
+        raise ParameterError(f"score must be one of {SCORES}; got {settings['score']!r}.")
     if settings["x_axis"] not in ("fraction", "step"):
-        raise ValueError(f"x_axis must be 'fraction' or 'step'; got {settings['x_axis']!r}.")
+        raise ParameterError(f"x_axis must be 'fraction' or 'step'; got {settings['x_axis']!r}.")
     if not isinstance(settings["batch_size"], int) or settings["batch_size"] < 1:
-        raise ValueError(f"batch_size must be an integer >= 1; got {settings['batch_size']!r}.")
+        raise ParameterError(f"batch_size must be an integer >= 1; got {settings['batch_size']!r}.")
     return settings
 
 
@@ -168,7 +168,7 @@ def causal_curves(mode: str, model, images, targets, maps, *, protocol: str = "r
                   x_axis: Optional[str] = None, batch_size: Optional[int] = None) -> CurveResult:
     """Deletion (``mode="deletion"``) or insertion curves; see `deletion`, `insertion`."""
     if mode not in ("deletion", "insertion"):
-        raise ValueError(f"mode must be 'deletion' or 'insertion'; got {mode!r}.")
+        raise ParameterError(f"mode must be 'deletion' or 'insertion'; got {mode!r}.")
     settings = _resolve(mode, protocol, dict(steps=steps, pixels_per_step=pixels_per_step,
                                              baseline=baseline, score=score, x_axis=x_axis,
                                              batch_size=batch_size))

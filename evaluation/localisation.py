@@ -7,7 +7,7 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
-from xai.errors import DataError
+from xai.errors import DataError, ParameterError
 
 
 def _check(maps, masks) -> tuple[np.ndarray, np.ndarray]:
@@ -44,7 +44,7 @@ def pointing_game(maps, masks, tolerance: Optional[int] = None) -> np.ndarray:
     n, h, w = m.shape
     tol = default_tolerance(h, w) if tolerance is None else int(tolerance)
     if tol < 0:
-        raise ValueError(f"tolerance must be >= 0 pixels; got {tolerance!r}.")
+        raise ParameterError(f"tolerance must be >= 0 pixels; got {tolerance!r}.")
     if tol > 0:
         yy, xx = np.mgrid[-tol:tol + 1, -tol:tol + 1]
         disc = (yy ** 2 + xx ** 2) <= tol ** 2

@@ -8,12 +8,18 @@ from typing import Iterable, Mapping
 import numpy as np
 from scipy import stats
 
+from xai.errors import DataError, ParameterError
+
 
 def summarise(values, *, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> dict:
     """Mean, median, std and a percentile-bootstrap CI of the mean over images.
 
     NaNs (undefined per-image values) are dropped and counted.
     """
+    if not 0 < confidence < 1:
+        raise ParameterError(f"confidence must be between 0 and 1 (exclusive); got {confidence!r}.")
+    if not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
+        raise ParameterError(f"n_resamples must be an integer >= 1; got {n_resamples!r}.")
     v = np.asarray(values, dtype=np.float64)
     finite = v[np.isfinite(v)]
     out = {"n": int(finite.size), "n_missing": int(v.size - finite.size),
@@ -42,6 +48,9 @@ def paired_test(a, b) -> dict:
     or fewer than two pairs remain.
     """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise DataError(
+            f"paired values must have the same shape (one per image); got {a.shape} and {b.shape}.")
     keep = np.isfinite(a) & np.isfinite(b)
     a, b = a[keep], b[keep]
     out = {"n": int(a.size), "median_difference": float(np.median(a - b)) if a.size else np.nan,

@@ -1,40 +1,78 @@
 """The ``xai`` command line: list, explain, compare, report, train.
 
-User mistakes (unknown method, missing file, incompatible model) end with a one-line
-message and exit code 2, never a TensorFlow traceback.
+A user's mistake (unknown method, missing file, incompatible model: an `XAIError`) ends
+with a one-line ``Error: ...`` and exit code 1; a malformed option is click's usage error
+(exit code 2). Any other exception is a bug and keeps its traceback. ``xai --debug ...``
+shows the traceback of a user error too.
+
+This module imports nothing heavy: TensorFlow, Keras and matplotlib load inside the
+commands that need them, so ``xai --help`` answers at once.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
+from typing import Iterable
 
 import click
 
-from xai.errors import XAIError
+from xai.errors import StoreError, XAIError
 
 
 class _UserErrors(click.Group):
-    """Turn xai's user-facing errors into click's one-line usage errors."""
+    """Print an `XAIError` as one line (exit code 1), or with its traceback under --debug.
+
+    Only `XAIError` is caught: any other exception is a bug and propagates with its traceback.
+    """
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (XAIError, ValueError, TypeError, FileNotFoundError) as exc:
+        except XAIError as exc:
+            if ctx.params.get("debug"):
+                raise
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise click.ClickException(message) from None
 
 
-def _parse_params(values) -> dict:
-    """``--param smoothgrad.n_samples=10`` -> {"smoothgrad": {"n_samples": 10}}."""
-    out: dict = {}
+def parse_params(values: Iterable[str]) -> dict[str, dict]:
+    """Parse ``--param METHOD.PARAM=VALUE`` options into ``{method: {param: value}}``.
+
+    VALUE is decoded as JSON where it parses (``10``, ``0.5``, ``true``, ``null``, ``[1, 2]``,
+    ``"10"`` for the string) and kept as the raw string otherwise; it may itself contain
+    ``=``. PARAM is the part after the last dot, so a plugin name may contain dots.
+
+    Raises
+    ------
+    click.BadParameter
+        An item without ``=`` or ``.``, with an empty METHOD or PARAM, a PARAM that is not
+        a Python identifier, or a METHOD.PARAM given twice (click exits with code 2).
+
+    Examples
+    --------
+    >>> parse_params(["smoothgrad.n_samples=10", "smoothgrad.noise_level=0.2", "rise.seed=3"])
+    {'smoothgrad': {'n_samples': 10, 'noise_level': 0.2}, 'rise': {'seed': 3}}
+    """
+    out: dict[str, dict] = {}
     for item in values:
-        try:
-            key, raw = item.split("=", 1)
-            method, name = key.split(".", 1)
-        except ValueError:
-            raise click.BadParameter(f"{item!r}: expected METHOD.PARAM=VALUE", param_hint="--param")
+        key, sep, raw = item.partition("=")
+        method, dot, name = key.rpartition(".")
+        method, name = method.strip(), name.strip()
+        if not sep or not dot:
+            problem = "no '='" if not sep else "no '.' between METHOD and PARAM"
+            raise click.BadParameter(f"{item!r} has {problem}; expected METHOD.PARAM=VALUE, "
+                                     "e.g. smoothgrad.n_samples=20.", param_hint="--param")
+        if not method or not name:
+            raise click.BadParameter(f"{item!r} has an empty {'METHOD' if not method else 'PARAM'} "
+                                     "name; expected METHOD.PARAM=VALUE.", param_hint="--param")
+        if not name.isidentifier():
+            raise click.BadParameter(f"{item!r}: PARAM {name!r} is not a parameter name.",
+                                     param_hint="--param")
+        if name in out.get(method, {}):
+            raise click.BadParameter(f"{method}.{name} is given twice.", param_hint="--param")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
@@ -43,10 +81,18 @@ def _parse_params(values) -> dict:
     return out
 
 
+_parse_params = parse_params  # the name before it was public
+
+
 @click.group(cls=_UserErrors)
+@click.option("--debug", is_flag=True,
+              help="Show the traceback of user errors too (internal errors always show it).")
 @click.version_option(package_name="xai-saliency-bench")
-def main():
+def main(debug):
     """xai: compare explanation methods for Keras image classifiers."""
+    # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) buries xai's output. It is
+    # read when TensorFlow loads, which is inside a command, after this; the library never sets it.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 @main.command("list")
@@ -73,7 +119,8 @@ def list_cmd():
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="PNG file to write.")
 def explain(images, methods, model, target, params, out):
     """The seed's picture for each IMAGE: the image, the grey map and the overlay."""
-    import matplotlib.pyplot as plt
+    options = parse_params(params)  # a malformed --param fails before TensorFlow loads
+
     import numpy as np
 
     import xai
@@ -88,7 +135,6 @@ def explain(images, methods, model, target, params, out):
     net = xai.models.prepare_model(net)
     spec = xai.models.model_spec(net)
     batch = data.load_images(list(images), spec.input_shape[:2])
-    options = _parse_params(params)
     maps = {m: xai.create_explainer(m, net, **options.get(m, {})).explain(
         batch, None if target is None else np.full(len(batch), target)) for m in methods}
     predicted = np.argmax(net.predict_on_batch(batch), axis=-1)
@@ -97,13 +143,12 @@ def explain(images, methods, model, target, params, out):
                                        title=f"{Path(images[i]).name}: {names[predicted[i]]}")
             for i in range(len(batch))]
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     if len(figs) == 1:
         figs[0].savefig(out, dpi=120)
     else:
         for i, fig in enumerate(figs):
             fig.savefig(out.with_name(f"{out.stem}-{i}{out.suffix}"), dpi=120)
-    for fig in figs:
-        plt.close(fig)
     click.echo(f"wrote {out if len(figs) == 1 else out.with_name(out.stem + '-*' + out.suffix)}")
 
 
@@ -168,10 +213,10 @@ def _summarise_run(run_dir: Path):
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 def report(run_dir):
     """Render the report of RUN_DIR again from its stored results (no recomputation)."""
+    if not (Path(run_dir) / "results.sqlite").is_file():
+        raise StoreError(f"{run_dir} holds no results.sqlite; is it a directory made by xai compare?")
     from xai.report import write_report
 
-    if not (Path(run_dir) / "results.sqlite").is_file():
-        raise XAIError(f"{run_dir} holds no results.sqlite; is it a directory made by xai compare?")
     click.echo(f"wrote {write_report(run_dir)}")
 
 

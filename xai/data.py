@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from xai.errors import DataError
+from xai.errors import DataError, ParameterError
 
 #: Shapes that decide the class of the offline dataset, in class order.
 OFFLINE_SHAPES = ("disc", "square", "triangle", "cross", "star")
@@ -34,9 +34,12 @@ def _with_class_names(ds: tf.data.Dataset, class_names: Sequence[str]) -> tf.dat
 def _as_size(image_size) -> tuple[int, int]:
     if isinstance(image_size, (int, np.integer)):
         image_size = (image_size, image_size)
-    size = tuple(int(s) for s in image_size)
+    try:
+        size = tuple(int(s) for s in image_size)
+    except (TypeError, ValueError):
+        size = ()
     if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"image_size must be an int or (height, width); got {image_size!r}.")
+        raise ParameterError(f"image_size must be an int or (height, width); got {image_size!r}.")
     return size
 
 
@@ -88,6 +91,13 @@ def _shape_mask(shape: str, size: int, cy: float, cx: float, radius: float, angl
     raise ValueError(shape)
 
 
+def _check_offline(num_classes, split) -> None:
+    if not 2 <= int(num_classes) <= len(OFFLINE_SHAPES):
+        raise ParameterError(f"num_classes must be between 2 and {len(OFFLINE_SHAPES)}; got {num_classes!r}.")
+    if split not in _SPLIT_STREAM:
+        raise ParameterError(f"split must be one of {sorted(_SPLIT_STREAM)}; got {split!r}.")
+
+
 def render_offline_image(index: int, *, size: int = 64, num_classes: int = 2, seed: int = 0,
                          split: str = "train") -> tuple[np.ndarray, int, np.ndarray]:
     """Render image `index` of the offline dataset: (image (H, W, 3), label, mask (H, W)).
@@ -99,6 +109,7 @@ def render_offline_image(index: int, *, size: int = 64, num_classes: int = 2, se
     succeed by finding the object's outline. Distractors are drawn first and the object
     over them, so the mask is exactly the object's pixels.
     """
+    _check_offline(num_classes, split)
     rng = np.random.default_rng([seed, _SPLIT_STREAM[split], index])
     label = int(rng.integers(num_classes))
     textures = _textures()
@@ -160,15 +171,12 @@ def offline(n_images: int = 1000, image_size: int = 64, num_classes: int = 2, se
     >>> sorted(next(iter(ds)).keys())
     ['id', 'image', 'label', 'mask']
     """
-    if not 2 <= int(num_classes) <= len(OFFLINE_SHAPES):
-        raise ValueError(f"num_classes must be between 2 and {len(OFFLINE_SHAPES)}; got {num_classes!r}.")
-    if split not in _SPLIT_STREAM:
-        raise ValueError(f"split must be one of {sorted(_SPLIT_STREAM)}; got {split!r}.")
+    _check_offline(num_classes, split)
     if int(n_images) < 1:
-        raise ValueError(f"n_images must be >= 1; got {n_images!r}.")
+        raise ParameterError(f"n_images must be >= 1; got {n_images!r}.")
     size = int(image_size)
     if size < 16:
-        raise ValueError(f"image_size must be >= 16; got {image_size!r}.")
+        raise ParameterError(f"image_size must be >= 16; got {image_size!r}.")
 
     def render(i):
         image, label, mask = render_offline_image(int(i), size=size, num_classes=int(num_classes),

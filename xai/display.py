@@ -1,6 +1,8 @@
 """The seed's pictures: a map in grey, overlaid on the image, and grids of methods.
 
-Functions return matplotlib figures; nothing is shown or saved unless asked.
+Functions return `matplotlib.figure.Figure` objects made through matplotlib's object API:
+nothing is shown or saved unless asked, pyplot's global state (its backend, its list of open
+figures) is never touched, and a figure is freed like any object once unreferenced.
 """
 
 from __future__ import annotations
@@ -8,17 +10,17 @@ from __future__ import annotations
 from typing import Mapping, Optional, Sequence
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from xai.errors import DataError
 
 
 def to_grey(saliency: np.ndarray) -> np.ndarray:
     """Min-max normalise a map to uint8 0..255 (the seed's step 4); constant -> zeros."""
     m = np.asarray(saliency, dtype=np.float64)
     if m.ndim != 2:
-        raise ValueError(f"a map must be (H, W); got shape {m.shape}.")
+        raise DataError(f"a map must be (H, W); got shape {m.shape}.")
     lo, hi = np.min(m), np.max(m)
     if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
         return np.zeros(m.shape, np.uint8)
@@ -28,15 +30,16 @@ def to_grey(saliency: np.ndarray) -> np.ndarray:
 def overlay(image: np.ndarray, saliency: np.ndarray, alpha: float = 0.5,
             cmap: str = "jet") -> np.ndarray:
     """Blend the coloured normalised map over an RGB image in [0, 1]; returns RGB float."""
-    heat = plt.get_cmap(cmap)(to_grey(saliency) / 255.0)[..., :3]
+    heat = matplotlib.colormaps[cmap](to_grey(saliency) / 255.0)[..., :3]
     return np.clip((1 - alpha) * np.asarray(image)[..., :3] + alpha * heat, 0, 1)
 
 
 def explanation_figure(image: np.ndarray, maps: Mapping[str, np.ndarray],
-                       title: Optional[str] = None) -> plt.Figure:
+                       title: Optional[str] = None) -> Figure:
     """One image: the image, then per method its grey map and its overlay."""
     cols = 1 + 2 * len(maps)
-    fig, axes = plt.subplots(1, cols, figsize=(2.2 * cols, 2.6), squeeze=False)
+    fig = Figure(figsize=(2.2 * cols, 2.6))
+    axes = fig.subplots(1, cols, squeeze=False)
     axes = axes[0]
     axes[0].imshow(np.clip(image, 0, 1))
     axes[0].set_title(title or "image", fontsize=9)
@@ -53,11 +56,12 @@ def explanation_figure(image: np.ndarray, maps: Mapping[str, np.ndarray],
 
 def grid_figure(images: Sequence[np.ndarray], maps_by_method: Mapping[str, Sequence[np.ndarray]],
                 row_titles: Optional[Sequence[str]] = None,
-                masks: Optional[Sequence[Optional[np.ndarray]]] = None) -> plt.Figure:
+                masks: Optional[Sequence[Optional[np.ndarray]]] = None) -> Figure:
     """Images x methods: each row an image, each method a grey map and an overlay."""
     methods = list(maps_by_method)
     rows, cols = len(images), 1 + 2 * len(methods)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.0 * rows), squeeze=False)
+    fig = Figure(figsize=(1.9 * cols, 2.0 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for r, image in enumerate(images):
         axes[r, 0].imshow(np.clip(image, 0, 1))
         if masks is not None and masks[r] is not None:

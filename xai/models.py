@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import keras
 import numpy as np
 
-from xai.errors import ModelError
+from xai.errors import ModelError, ParameterError
 
 #: Filter counts of VGG16's 13 convolutions, block by block (Simonyan & Zisserman 2015).
 VGG16_BLOCKS: tuple[tuple[int, ...], ...] = (
@@ -132,19 +132,24 @@ def vgg16_gap(
     """
     if weights is not None and weights != "imagenet":
         return load_model(weights)
-    input_shape = tuple(int(d) for d in input_shape)
-    if len(input_shape) != 3 or min(input_shape) < 1:
-        raise ValueError(f"input_shape must be (H, W, C) with positive sizes; got {input_shape!r}.")
+    try:
+        shape = tuple(int(d) for d in input_shape)
+    except (TypeError, ValueError):
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise ParameterError(
+            f"input_shape must be (H, W, C) with positive sizes; got {(shape or input_shape)!r}.")
+    input_shape = shape
     if input_shape[0] < 32 or input_shape[1] < 32:
-        raise ValueError(
+        raise ParameterError(
             f"input_shape must be at least 32x32 (VGG16 pools five times); got {input_shape!r}."
         )
     if not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2; got {num_classes!r}.")
+        raise ParameterError(f"num_classes must be an integer >= 2; got {num_classes!r}.")
     if not (isinstance(width, (int, float)) and width > 0):
-        raise ValueError(f"width must be a positive number; got {width!r}.")
+        raise ParameterError(f"width must be a positive number; got {width!r}.")
     if weights == "imagenet" and (width != 1.0 or input_shape[2] != 3):
-        raise ValueError(
+        raise ParameterError(
             f"weights='imagenet' needs width=1.0 and 3 channels; got width={width!r}, "
             f"input_shape={input_shape!r}."
         )
@@ -367,7 +372,8 @@ def prepare_model(model, spec: Optional[ModelSpec] = None) -> keras.Model:
     if isinstance(model, (str, os.PathLike)):
         model = load_model(model)
     if not isinstance(model, keras.Model):
-        raise TypeError(f"model must be a keras.Model or a path to a .keras file; got {type(model).__name__}.")
+        raise ParameterError(
+            f"model must be a keras.Model or a path to a .keras file; got {type(model).__name__}.")
     if getattr(model, _SPEC_ATTR, None) is not None and spec is None and not _is_nested(model):
         return model
     flat = flatten_model(model)
@@ -388,7 +394,7 @@ def with_precision(model, policy: str = "mixed_bfloat16") -> keras.Model:
     or deletion/insertion AUCs).
     """
     if policy not in PRECISIONS:
-        raise ValueError(f"policy must be one of {PRECISIONS}; got {policy!r}.")
+        raise ParameterError(f"policy must be one of {PRECISIONS}; got {policy!r}.")
     model = prepare_model(model)
 
     def rebuild(layer):
@@ -422,7 +428,7 @@ def save_model(model: keras.Model, path) -> Path:
     """Save as ``.keras`` with the `ModelSpec` in a JSON file beside it."""
     path = Path(path)
     if path.suffix != ".keras":
-        raise ValueError(f"model files end in .keras; got {str(path)!r}.")
+        raise ParameterError(f"model files end in .keras; got {str(path)!r}.")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.keras")
     model.save(tmp)

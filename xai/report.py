@@ -9,11 +9,8 @@ import json
 from pathlib import Path
 
 import jinja2
-import matplotlib
-
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # the object API: no pyplot, no backend switch
 
 from xai import display  # noqa: E402
 from xai.evaluation import statistics as st  # noqa: E402
@@ -57,12 +54,12 @@ def summary_table(arrays: dict) -> list[dict]:
 
 def _png(fig, path: Path) -> str:
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return base64.b64encode(path.read_bytes()).decode()
 
 
 def _curve_figure(metric: str, curves: dict):
-    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    fig = Figure(figsize=(5.2, 3.4))
+    ax = fig.subplots()
     for method, (x, mean, std, n) in sorted(curves.items()):
         half = 1.96 * std / np.sqrt(n)
         ax.plot(x, mean, label=method)
@@ -77,7 +74,8 @@ def _curve_figure(metric: str, curves: dict):
 
 
 def _sanity_figure(sanity: dict):
-    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    fig = Figure(figsize=(5.2, 3.4))
+    ax = fig.subplots()
     for method, r in sorted(sanity.items()):
         if "layers" in r:
             ys = [np.nan if v is None else v for v in r["spearman_mean"]]

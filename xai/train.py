@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import numbers
 import os
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from xai import data as xdata
+from xai.errors import ModelError, ParameterError
 from xai.models import load_model, save_model, vgg16_gap
 
 
@@ -59,7 +61,27 @@ def train(model: keras.Model, train_ds: tf.data.Dataset, val_ds: Optional[tf.dat
     """Fit `model` on an xai dataset (dict elements); returns the history and timing.
 
     The data are cached in memory after the first epoch; shuffling is seeded.
+
+    Raises
+    ------
+    ParameterError
+        `model` is not a keras.Model, `epochs` or `batch_size` is not an integer >= 1, or a
+        numeric `learning_rate` is not > 0.
+    ModelError
+        `model` does not have one (batch, classes) output.
     """
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ParameterError(f"{name} must be an integer >= 1; got {value!r}.")
+    if isinstance(learning_rate, numbers.Real) and not learning_rate > 0:  # or a Keras schedule
+        raise ParameterError(f"learning_rate must be > 0; got {learning_rate!r}.")
+    if not isinstance(model, keras.Model):
+        raise ParameterError(f"model must be a keras.Model; got {type(model).__name__}.")
+    outputs = getattr(model, "outputs", None) or []
+    if len(outputs) != 1 or len(outputs[0].shape) != 2:
+        shapes = [tuple(o.shape) for o in outputs] or "no built outputs"
+        raise ModelError(f"train needs a model with one (batch, classes) output; "
+                         f"model {model.name!r} has {shapes}.")
     num_classes = int(model.outputs[0].shape[-1])
     keras.utils.set_random_seed(seed)
     train_sup = (_supervised(train_ds, num_classes).cache()
