@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from xai.baselines import baseline_images, blur
+from xai.evaluation.registry import MetricInputs, MetricOutput, register_metric
 from xai.errors import DataError, ModelError, ParameterError
 from xai.explainer import check_images, check_targets
 from xai.head import ModelHead
@@ -259,3 +260,19 @@ def insertion(model, images, targets, maps, **kwargs) -> CurveResult:
     """Insertion curve and AUC per image (higher is better); parameters as `deletion`,
     with `baseline` the image pixels are inserted into (RISE: a blurred copy)."""
     return causal_curves("insertion", model, images, targets, maps, **kwargs)
+
+
+def _curve_metric(mode: str):
+    def per_batch(inputs: MetricInputs) -> MetricOutput:
+        result = causal_curves(mode, inputs.scorer, inputs.images, inputs.targets, inputs.maps,
+                               protocol=inputs.protocol)
+        return MetricOutput(result.auc, curves=(result.x, result.curves), protocol=result.protocol)
+    return per_batch
+
+
+register_metric("deletion", higher_is_better=False, uses_protocol=True, order=10,
+                description="area under the deletion curve (RISE); lower = more faithful")(
+    _curve_metric("deletion"))
+register_metric("insertion", higher_is_better=True, uses_protocol=True, order=20,
+                description="area under the insertion curve (RISE); higher = more faithful")(
+    _curve_metric("insertion"))

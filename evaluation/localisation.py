@@ -7,6 +7,7 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
+from xai.evaluation.registry import MetricInputs, MetricOutput, register_metric
 from xai.errors import DataError, ParameterError
 
 
@@ -75,3 +76,15 @@ def relevance_mass(maps, masks) -> np.ndarray:
     total = positive.sum(axis=(1, 2))
     inside = (positive * g).sum(axis=(1, 2))
     return np.divide(inside, total, out=np.zeros_like(total), where=total > 0)
+
+
+@register_metric("pointing_game", higher_is_better=True, needs_masks=True, order=30,
+                 description="share of maps whose maximum lies on the object (Zhang et al. 2016)")
+def _pointing_game_metric(inputs: MetricInputs) -> MetricOutput:
+    return MetricOutput(pointing_game(inputs.maps, inputs.masks))
+
+
+@register_metric("relevance_mass", higher_is_better=True, needs_masks=True, order=40,
+                 description="share of positive map mass on the object (Arras et al. 2022)")
+def _relevance_mass_metric(inputs: MetricInputs) -> MetricOutput:
+    return MetricOutput(relevance_mass(inputs.maps, inputs.masks))

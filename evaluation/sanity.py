@@ -13,6 +13,7 @@ import keras
 import numpy as np
 from scipy import stats
 
+from xai.evaluation.registry import register_metric
 from xai.errors import ModelError, ParameterError
 from xai.explainer import Explainer, check_targets
 from xai.models import attach_spec, flatten_model, model_spec, prepare_model
@@ -322,3 +323,18 @@ def random_logit(method, model, images, targets, *, params: Optional[dict] = Non
     rng = np.random.default_rng(seed)
     other = (t + rng.integers(1, n_classes, size=len(t))) % n_classes
     return spearman_per_image(explainer.explain(images, t), explainer.explain(images, other.astype(np.int32)))
+
+
+@register_metric("sanity", higher_is_better=False, kind="per_method", order=50,
+                 description="Spearman correlation of maps after cascading randomisation and for "
+                             "a random class (Adebayo et al. 2018); near 0 = sensitive to the model")
+def _sanity_metric(method, model, images, targets, *, params=None, seed: int = 0) -> dict:
+    """Both checks on a few images, summarised as means per checkpoint (for the report)."""
+    randomised = model_randomisation(method, model, images, targets, params=params, seed=seed)
+    logit = random_logit(method, model, images, targets, params=params, seed=seed)
+
+    def mean(values):
+        return float(np.nanmean(values)) if np.isfinite(values).any() else None
+
+    return {"layers": randomised["layers"], "spearman_mean": [mean(r) for r in randomised["spearman"]],
+            "random_logit_mean": mean(logit), "n_images": int(len(images))}

@@ -159,8 +159,8 @@ def explain(images, methods, model, target, params, out):
 @click.option("--model", type=click.Path(dir_okay=False), default=None,
               help="A .keras model (default: the offline default model, trained once and cached).")
 @click.option("--n-images", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--metrics", default=",".join(("deletion", "insertion", "pointing_game",
-                                             "relevance_mass", "sanity")), show_default=True)
+@click.option("--metrics", default=None,
+              help="Comma-separated metrics (default: the default set; `xai metrics` lists them all).")
 @click.option("--protocol", type=click.Choice(["rise", "xplique"]), default="rise", show_default=True,
               help="Deletion/insertion preset (see docs/metrics.md).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -180,25 +180,30 @@ def compare(methods, dataset, model, n_images, metrics, protocol, seed, batch_si
 
     Rerunning the same command resumes the run: finished work is not recomputed.
     """
+    method_params = parse_params(params)  # before TensorFlow loads: a typo fails at once
+    if backend == "local" and (address or workers):
+        raise click.UsageError("--address and --workers apply to --backend ray only.")
     from xai.runner import CompareConfig
     from xai.runner import compare as run_compare
 
+    def names(text):  # None: the default; "" is an empty list, which the runner refuses
+        return None if text is None else [n.strip() for n in text.split(",") if n.strip()]
+
     config = CompareConfig(
-        methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
-        method_params=_parse_params(params), dataset=dataset, model=model, n_images=n_images,
-        metrics=[m.strip() for m in metrics.split(",") if m.strip()], protocol=protocol,
-        seed=seed, batch_size=batch_size, out=out, backend=backend, address=address, workers=workers)
-    if backend == "local" and (address or workers):
-        raise click.UsageError("--address and --workers apply to --backend ray only.")
+        methods=names(methods), method_params=method_params, dataset=dataset, model=model,
+        n_images=n_images, metrics=names(metrics), protocol=protocol, seed=seed, batch_size=batch_size,
+        out=out, backend=backend, address=address, workers=workers)
     run_dir = run_compare(config, quiet=quiet)
     _summarise_run(run_dir)
 
 
 def _summarise_run(run_dir: Path):
+    from xai.evaluation import registry as metric_registry
+
     data = json.loads((run_dir / "results.json").read_text())
     click.echo(f"run directory: {run_dir}")
-    shown = [row for row in data["summary"]
-             if row["metric"] in ("deletion", "insertion", "pointing_game", "relevance_mass")]
+    per_batch = {m.name for m in metric_registry.metrics() if m.per_batch is not None}
+    shown = [row for row in data["summary"] if row["metric"] in per_batch]
     width = max((len(row["method"]) for row in shown), default=0)
     for row in shown:
         mean = "nan" if row["mean"] is None else f"{row['mean']:.3f}"
@@ -207,6 +212,19 @@ def _summarise_run(run_dir: Path):
     for f in data["failures"]:
         click.echo(f"  FAILED {f['method']} batch {f['batch']}: {f['error']}", err=True)
     click.echo(f"report: {run_dir / 'report.html'}")
+
+
+@main.command()
+def metrics():
+    """Registered metrics: direction, what they need, whether they are in the default set."""
+    from xai.evaluation import registry as metric_registry
+
+    for m in metric_registry.metrics():
+        direction = "higher is better" if m.higher_is_better else "lower is better"
+        needs = ", ".join(n for n, flag in (("masks", m.needs_masks), ("the explainer", m.needs_explainer),
+                                            ("--protocol", m.uses_protocol)) if flag)
+        kind = "cost, always measured" if m.is_cost else ("default" if m.default else "opt-in")
+        click.echo(f"{m.name:18s} {direction:17s} [{kind}{'; needs ' + needs if needs else ''}]  {m.description}")
 
 
 @main.command()

@@ -4,7 +4,7 @@ The driver (the process that runs `xai compare`) reads the dataset, sends each b
 images (a shard) to a worker, and alone writes what comes back into the run's results
 store, so resuming works exactly as on one machine. Each worker loads the model once from
 the run's saved ``model.keras`` and runs every method and metric on its shards with the
-same code as the local backend (`xai.runner.WorkPlan`), which is why results are equal.
+same code as the local backend (`xai.execution.WorkPlan`), which is why results are equal.
 A worker that dies is restarted by Ray and its shard retried; a shard that still fails is
 recorded as failed and retried by the next run of the same command. At most
 ``2 * workers`` shards are in flight, so memory stays bounded on the driver too.
@@ -13,9 +13,10 @@ recorded as failed and retried by the next run of the same command. At most
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator, Optional
 
-from xai.errors import XAIError
+from xai.errors import MissingDependencyError
+from xai.execution import Job, WorkPlan
 
 INSTALL_HINT = ('--backend ray needs Ray: pip install "xai-saliency-bench[ray]" '
                 '(or pip install "ray>=2.9"), then run the same command again.')
@@ -25,14 +26,14 @@ def import_ray():
     try:
         import ray
     except ImportError as exc:
-        raise XAIError(INSTALL_HINT) from exc
+        raise MissingDependencyError(INSTALL_HINT) from exc
     return ray
 
 
 class ShardWorker:
     """A Ray actor: one model, every explainer, any number of shards."""
 
-    def __init__(self, model_path: str, plan, classes: dict, threads: int):
+    def __init__(self, model_path: str, plan: WorkPlan, classes: dict, threads: int):
         import tensorflow as tf
 
         # One worker per CPU share: TensorFlow must not spread over the whole node.
@@ -45,11 +46,12 @@ class ShardWorker:
         self.plan = plan
         self.explainers, self.setup_errors = plan.create_explainers(self.model, classes)
         self.scorer = ev.ModelScorer(self.model)
+        self.warmed: set = set()
 
     def run(self, batch: dict, methods: list) -> dict:
         """Outcomes of `methods` on one shard, by method (see `WorkPlan.run_method`)."""
-        return {m: self.plan.run_method(m, self.explainers, self.setup_errors, self.scorer, batch)
-                for m in methods}
+        return self.plan.run_methods(methods, self.explainers, self.setup_errors, self.scorer, batch,
+                                     self.warmed)
 
 
 def _resources(ray, workers):
@@ -62,59 +64,64 @@ def _resources(ray, workers):
     return n, cpus, gpus
 
 
-def run_on_ray(plan, batches: Iterable[dict], n_batches: int, store, model_path: Path, config,
-               quiet: bool) -> None:
-    """Run every (method, batch) not yet in `store` on Ray workers; commit as results arrive."""
-    ray = import_ray()
-    from xai.registry import get_explainer
-    from xai.runner import _progress, store_outcome
+class RayBackend:
+    """Jobs sharded over Ray actors that each load the run's saved model once.
 
-    started_here = False
-    if not ray.is_initialized():
-        ray.init(address=config.address, include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR", configure_logging=True)
-        started_here = True
-    try:
-        n_workers, cpus, gpus = _resources(ray, config.workers)
-        # Classes travel with the job, so explainers registered in the driver's own code
-        # (not installed as a package on the workers) run there too.
-        classes = {m: get_explainer(m) for m in plan.methods}
-        actor = ray.remote(ShardWorker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=2,
-                                                max_task_retries=2)
-        workers = [actor.remote(str(model_path), plan, classes, cpus) for _ in range(n_workers)]
-        bar = _progress(n_batches * len(plan.methods), quiet, f"xai compare (ray, {n_workers} workers)")
-        in_flight = {}  # ObjectRef -> (batch, methods)
-        load = {i: 0 for i in range(n_workers)}
+    Parameters
+    ----------
+    model_path : path of the run's ``model.keras``
+    address : None starts a local cluster; "auto" or HOST:PORT joins one
+    workers : number of actors (None: one per node)
+    """
 
-        def collect():
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
-            for ref in ready:
-                batch, methods, worker = in_flight.pop(ref)
-                load[worker] -= 1
-                try:
-                    outcomes = ray.get(ref)
-                except Exception as exc:  # the worker died more often than Ray retries
-                    error = f"worker lost: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-                    outcomes = {m: {"ok": False, "error": error} for m in methods}
-                for method in methods:
-                    store_outcome(store, method, batch, outcomes[method])
-                bar.update(len(methods))
+    def __init__(self, model_path: Path, address: Optional[str] = None, workers: Optional[int] = None):
+        self.ray = import_ray()
+        self.model_path, self.address, self.workers = str(model_path), address, workers
+        self.label = "xai compare (ray)"
 
-        for batch in batches:
-            todo = [m for m in plan.methods if not store.is_done(m, batch["index"])]
-            bar.update(len(plan.methods) - len(todo))
-            if not todo:
-                continue
-            while len(in_flight) >= 2 * n_workers:
-                collect()
-            worker = min(load, key=load.get)
-            load[worker] += 1
-            in_flight[workers[worker].run.remote(batch, todo)] = (batch, todo, worker)
-        while in_flight:
-            collect()
-        bar.close()
-        for w in workers:
-            ray.kill(w)
-    finally:
-        if started_here:
-            ray.shutdown()
+    def run(self, plan: WorkPlan, jobs: Iterable[Job]) -> Iterator[tuple[Job, dict]]:
+        from xai.registry import get_explainer
+
+        ray = self.ray
+        started_here = False
+        if not ray.is_initialized():
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                     logging_level="ERROR", configure_logging=True)
+            started_here = True
+        try:
+            n_workers, cpus, gpus = _resources(ray, self.workers)
+            self.label = f"xai compare (ray, {n_workers} workers)"
+            # Classes travel with the job, so explainers registered in the driver's own code
+            # (not installed as a package on the workers) run there too.
+            classes = {m: get_explainer(m) for m in plan.methods}
+            actor = ray.remote(ShardWorker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=2,
+                                                    max_task_retries=2)
+            workers = [actor.remote(self.model_path, plan, classes, cpus) for _ in range(n_workers)]
+            in_flight = {}  # ObjectRef -> (job, worker)
+            load = {i: 0 for i in range(n_workers)}
+
+            def collect():
+                ready, _ = ray.wait(list(in_flight), num_returns=1)
+                for ref in ready:
+                    job, worker = in_flight.pop(ref)
+                    load[worker] -= 1
+                    try:
+                        outcomes = ray.get(ref)
+                    except Exception as exc:  # the worker died more often than Ray retries
+                        error = f"worker lost: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                        outcomes = {m: {"ok": False, "error": error, "traceback": str(exc)} for m in job[1]}
+                    yield job, outcomes
+
+            for job in jobs:
+                while len(in_flight) >= 2 * n_workers:
+                    yield from collect()
+                worker = min(load, key=load.get)
+                load[worker] += 1
+                in_flight[workers[worker].run.remote(*job)] = (job, worker)
+            while in_flight:
+                yield from collect()
+            for w in workers:
+                ray.kill(w)
+        finally:
+            if started_here:
+                ray.shutdown()

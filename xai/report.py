@@ -14,16 +14,12 @@ from matplotlib.figure import Figure  # the object API: no pyplot, no backend sw
 
 from xai import display  # noqa: E402
 from xai.evaluation import statistics as st  # noqa: E402
+from xai.evaluation import registry as metric_registry
 from xai.store import ResultsStore  # noqa: E402
 
-#: Metric -> (higher is better, one-line meaning).
-METRIC_INFO = {
-    "deletion": (False, "area under the deletion curve (RISE); lower = more faithful"),
-    "insertion": (True, "area under the insertion curve (RISE); higher = more faithful"),
-    "pointing_game": (True, "share of maps whose maximum lies on the object (Zhang et al. 2016)"),
-    "relevance_mass": (True, "share of positive map mass on the object (Arras et al. 2022)"),
-    "seconds_per_image": (False, "explanation time per image on this machine"),
-}
+def metric_info() -> dict:
+    """Metric -> (higher is better, one-line meaning), from the metric registry, in report order."""
+    return {m.name: (m.higher_is_better, m.description) for m in metric_registry.metrics()}
 
 
 def summary_table(arrays: dict) -> list[dict]:
@@ -31,10 +27,11 @@ def summary_table(arrays: dict) -> list[dict]:
 
     `arrays` is `ResultsStore.value_arrays()`: metric -> method -> (image ids, values).
     """
+    info = metric_info()
     table = []
-    for metric in sorted(arrays, key=lambda m: list(METRIC_INFO).index(m) if m in METRIC_INFO else 99):
+    for metric in sorted(arrays, key=lambda m: list(info).index(m) if m in info else len(info)):
         per_method = arrays[metric]
-        higher = METRIC_INFO.get(metric, (True, ""))[0]
+        higher = info.get(metric, (True, ""))[0]
         summaries = {m: st.summarise(v) for m, (_, v) in per_method.items()}
         ranks = st.rank_methods({m: s["mean"] for m, s in summaries.items()}, higher)
         best = min(ranks, key=ranks.get)
@@ -101,13 +98,16 @@ def write_report(run_dir) -> Path:
     """Write every report file into `run_dir` from its results store; returns report.html."""
     run_dir = Path(run_dir)
     store = ResultsStore(run_dir)
-    config = store.config
+    from xai.runner import merged
+
+    config = merged(store.config, store.extra("provenance", {}))
+    curve_metrics = [m.name for m in metric_registry.metrics() if m.uses_protocol]
     table = summary_table(store.value_arrays())
     figures_dir = run_dir / "figures"
     figures_dir.mkdir(exist_ok=True)
 
     figures = []
-    for metric in ("deletion", "insertion"):
+    for metric in curve_metrics:
         curves = store.curve_stats(metric)
         if curves:
             figures.append({"title": f"{metric.capitalize()} curves", "file": f"figures/{metric}.png",
@@ -130,13 +130,13 @@ def write_report(run_dir) -> Path:
                         "file": "figures/sanity.png",
                         "data": _png(_sanity_figure(sanity), figures_dir / "sanity.png")})
 
-    protocols = {m: store.extra(f"protocol_{m}") for m in ("deletion", "insertion")}
+    protocols = {m: store.extra(f"protocol_{m}") for m in curve_metrics}
     protocols = {k: v for k, v in protocols.items() if v}
     context = {
         "config": config, "table": table, "figures": figures, "failures": store.failures(),
-        "sanity": sanity, "protocols": protocols, "metric_info": METRIC_INFO,
+        "sanity": sanity, "protocols": protocols, "metric_info": metric_info(),
         "skipped": store.extra("skipped_metrics", {}), "n_images": store.n_images(),
-        "timings": store.timings(), "fmt": _fmt, "run_id": run_dir.name,
+        "timings": store.timings(), "resumed_with": store.extra("resumed_with", []), "fmt": _fmt, "run_id": run_dir.name,
         "sanity_layers": next((r["layers"] for r in sanity.values() if "layers" in r), []),
     }
     env = jinja2.Environment(loader=jinja2.PackageLoader("xai", "templates"),

@@ -1,9 +1,13 @@
 """Comparison runs: every method on every image, scored by every metric, stored, resumable.
 
-The run directory is named by a hash of the full configuration, so the same command
-resumes the same run and a changed configuration starts a new one. Work is committed
-per (method, batch); a method that raises or returns a wrong shape is recorded as failed
-for that batch and the run goes on with the others.
+A run's directory is named by its key, a hash of the run's canonical identity: what
+defines its numbers (each method's class and resolved parameters, the sorted metrics, the
+model file's digest, the data and every other configuration field) and nothing else.
+Paths, library versions and the backend are provenance: kept in the store and shown in the
+report, never in the key, so the same command resumes the same run after a library patch
+upgrade (with a warning) or on another backend. Work is committed per (method, batch); a
+method that raises or returns a wrong shape is recorded as failed for that batch, with its
+traceback, and the run goes on with the others.
 """
 
 from __future__ import annotations
@@ -12,57 +16,103 @@ import dataclasses
 import hashlib
 import json
 import sys
-import time
-import traceback
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
-import keras
 import numpy as np
-import tensorflow as tf
-from tqdm.auto import tqdm
 
 import xai
-from xai import data as xdata
-from xai import evaluation as ev
-from xai.errors import DataError, PluginError
-from xai.models import load_model, model_spec, prepare_model, save_model
-from xai.registry import list_explainers, plugin_info
-from xai.store import ResultsStore
+from xai.errors import ConfigError, ModelError, ParameterError
+from xai.execution import LocalBackend, WorkPlan, failure, store_outcome
 
-METRICS = ("deletion", "insertion", "pointing_game", "relevance_mass", "sanity")
-NEEDS_MASKS = ("pointing_game", "relevance_mass")
-#: Layers randomised (cumulatively, top down) in the sanity check, where the model has them.
-SANITY_CHECKPOINTS = ("predictions", "block5_conv3", "block4_conv3", "block3_conv3",
-                      "block2_conv2", "block1_conv1")
+#: Version of the identity's layout: bump it when the same run would get another key.
+KEY_VERSION = 2
+
+
+def _provenance(default=None, **kwargs):
+    """A configuration field that says where or how a run runs, not what it computes."""
+    return dataclasses.field(default=default, metadata={"identity": False}, **kwargs)
 
 
 @dataclasses.dataclass
 class CompareConfig:
-    """What `compare` runs. Defaults are the offline default (the README's main job)."""
+    """What `compare` runs. Defaults are the offline default (the README's main job).
+
+    Fields marked as provenance (where the run is written, which backend runs it) are not
+    part of the run's identity; every other field is, so a new field joins the key unless
+    it is explicitly declared provenance.
+    """
 
     methods: Optional[Sequence[str]] = None  # None: every registered explainer
     method_params: dict = dataclasses.field(default_factory=dict)
     dataset: str = "offline"
     model: Optional[str] = None  # None: the cached offline default model
     n_images: int = 64
-    metrics: Sequence[str] = METRICS
+    metrics: Optional[Sequence[str]] = None  # None: the registry's default set
     protocol: str = "rise"
     seed: int = 0
     batch_size: int = 16
     n_examples: int = 4
     sanity_images: int = 8
-    out: str = "xai-runs"
-    # Where the work runs; not part of the run's key: any backend resumes any other's run.
-    backend: str = "local"  # "local" or "ray"
-    address: Optional[str] = None  # Ray: None starts a local cluster, "auto" or HOST:PORT joins one
-    workers: Optional[int] = None  # Ray: None = one per node
+    out: str = _provenance("xai-runs")
+    backend: str = _provenance("local")  # "local" or "ray"
+    address: Optional[str] = _provenance(None)  # Ray: None starts a local cluster, "auto" or HOST:PORT joins one
+    workers: Optional[int] = _provenance(None)  # Ray: None = one per node
 
 
 BACKENDS = ("local", "ray")
 
 
-def _file_digest(path: Path) -> str:
+@dataclasses.dataclass(frozen=True)
+class ResolvedConfig:
+    """A validated configuration: methods and metrics in canonical order, parameters with
+    every default filled in."""
+
+    config: CompareConfig
+    methods: tuple
+    method_params: dict  # method -> resolved parameters
+    metrics: tuple
+
+
+def resolve_config(config: CompareConfig) -> ResolvedConfig:
+    """Check everything a user can get wrong before any work; raise an `XAIError` if not."""
+    from xai import evaluation as ev
+    from xai.evaluation import registry as metric_registry
+    from xai.registry import get_explainer, list_explainers
+
+    known = list_explainers()
+    if config.methods is not None and not list(config.methods):
+        raise ConfigError(f"no methods given; choose from {', '.join(known)}.")
+    methods = list(dict.fromkeys(config.methods)) if config.methods else known
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise ConfigError(f"unknown method(s) {unknown}; registered: {', '.join(known)}.")
+    stray = sorted(set(config.method_params) - set(methods))
+    if stray:
+        raise ConfigError(f"parameters given for {stray}, which this run does not include "
+                          f"(methods: {', '.join(methods)}).")
+    resolved = {m: get_explainer(m).resolve_params(config.method_params.get(m, {})) for m in methods}
+    metrics = metric_registry.check_names(
+        metric_registry.default_names() if config.metrics is None else config.metrics)
+    if config.protocol not in ev.PRESETS:
+        raise ConfigError(f"protocol must be one of {sorted(ev.PRESETS)}; got {config.protocol!r}.")
+    if config.backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {BACKENDS}; got {config.backend!r}.")
+    if config.workers is not None and (not isinstance(config.workers, int) or config.workers < 1):
+        raise ParameterError(f"workers must be an integer >= 1; got {config.workers!r}.")
+    for name in ("n_images", "batch_size"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ParameterError(f"{name} must be an integer >= 1; got {value!r}.")
+    for name in ("seed", "n_examples", "sanity_images"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ParameterError(f"{name} must be an integer >= 0; got {value!r}.")
+    return ResolvedConfig(config, tuple(sorted(methods)), resolved, tuple(metrics))
+
+
+def file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -70,163 +120,137 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _validate(config: CompareConfig) -> list[str]:
-    methods = list(config.methods) if config.methods else list_explainers()
-    known = list_explainers()
-    unknown = [m for m in methods if m not in known]
-    if unknown:
-        raise PluginError(f"unknown method(s) {unknown}; registered: {', '.join(known)}.")
-    bad = [m for m in config.metrics if m not in METRICS]
-    if bad:
-        raise ValueError(f"unknown metric(s) {bad}; choose from {', '.join(METRICS)}.")
-    if config.protocol not in ev.PRESETS:
-        raise ValueError(f"protocol must be one of {sorted(ev.PRESETS)}; got {config.protocol!r}.")
-    if config.backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}; got {config.backend!r}.")
-    if config.workers is not None and (not isinstance(config.workers, int) or config.workers < 1):
-        raise ValueError(f"workers must be an integer >= 1; got {config.workers!r}.")
-    for name, value in (("n_images", config.n_images), ("batch_size", config.batch_size)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1; got {value!r}.")
-    return methods
+def _dataset_identity(dataset: str) -> tuple[object, Optional[str]]:
+    """(identity, path or None): a named dataset is its name; a folder is the digest of its
+    files' relative paths and sizes, so the same images under another path are the same run."""
+    if dataset in ("offline", "cats_vs_dogs"):
+        return dataset, None
+    root = Path(dataset)
+    if not root.is_dir():
+        return dataset, None  # load_dataset says what is wrong with it
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(f"{path.relative_to(root).as_posix()}\0{path.stat().st_size}\n".encode())
+    return {"folder_digest": h.hexdigest()[:16]}, str(root.resolve())
 
 
 def resolve_model(model_arg: Optional[str], verbose: int = 1):
-    """(model, description) for a path or the offline default."""
+    """(model, {"kind", "path", "digest"}) for a path or the offline default."""
+    from xai.models import load_model
+
     if model_arg is None:
         from xai.train import DefaultModelConfig, default_model, default_model_path
 
         model = default_model(verbose=verbose)
         path = default_model_path(DefaultModelConfig())
-        return model, {"kind": "offline-default", "path": str(path), "digest": _file_digest(path)}
+        return model, {"kind": "offline-default", "path": str(path), "digest": file_digest(path)}
     path = Path(model_arg)
     if not path.is_file():
-        raise DataError(f"model file {model_arg!r} does not exist.")
-    return load_model(path), {"kind": "file", "path": str(path.resolve()), "digest": _file_digest(path)}
+        raise ModelError(f"model file {model_arg!r} does not exist.")
+    return load_model(path), {"kind": "file", "path": str(path.resolve()), "digest": file_digest(path)}
 
 
-def build_run_config(config: CompareConfig, methods: list[str], model_info: dict, spec) -> dict:
-    plugins = {}
-    for m in methods:
-        info = plugin_info(m)
-        plugins[m] = {"params": config.method_params.get(m, {}), "class": info.qualname,
-                      "distribution": info.distribution, "version": info.version}
-    return {
-        "methods": plugins, "dataset": config.dataset, "n_images": config.n_images,
-        "model": model_info, "input_shape": list(spec.input_shape),
-        "class_names": list(spec.class_names), "metrics": list(config.metrics),
-        "protocol": config.protocol, "seed": config.seed, "batch_size": config.batch_size,
-        "n_examples": config.n_examples, "sanity_images": config.sanity_images,
-        "versions": {"xai": xai.__version__, "tensorflow": tf.__version__,
-                     "keras": keras.__version__, "numpy": np.__version__},
-    }
+def run_identity(resolved: ResolvedConfig, model_info: dict, spec) -> dict:
+    """The canonical identity of a run: every field that changes its numbers, in a canonical
+    form (resolved parameters, sorted names, content digests), and nothing else."""
+    from xai.registry import plugin_info
+
+    config = resolved.config
+    identity = {"key_version": KEY_VERSION}
+    for field in dataclasses.fields(CompareConfig):
+        if field.metadata.get("identity", True):
+            identity[field.name] = getattr(config, field.name)
+    identity["methods"] = {m: {"class": plugin_info(m).qualname, "params": resolved.method_params[m]}
+                           for m in resolved.methods}
+    del identity["method_params"]
+    identity["metrics"] = list(resolved.metrics)
+    identity["model"] = {"digest": model_info["digest"]}
+    identity["dataset"] = _dataset_identity(config.dataset)[0]
+    identity["input_shape"] = list(spec.input_shape)
+    identity["class_names"] = list(spec.class_names)
+    return identity
 
 
-def run_key(run_config: dict) -> str:
-    return hashlib.sha256(json.dumps(run_config, sort_keys=True).encode()).hexdigest()[:12]
+def run_provenance(resolved: ResolvedConfig, model_info: dict) -> dict:
+    """Where and with what a run ran: shown in the report, never part of its key."""
+    import keras
+    import tensorflow as tf
+
+    from xai.registry import plugin_info
+
+    plugins = {m: {"distribution": plugin_info(m).distribution, "version": plugin_info(m).version}
+               for m in resolved.methods}
+    return {"model": {"kind": model_info["kind"], "path": model_info["path"]},
+            "dataset": _dataset_identity(resolved.config.dataset)[1] or resolved.config.dataset,
+            "methods": plugins,
+            "versions": {"xai": xai.__version__, "tensorflow": tf.__version__,
+                         "keras": keras.__version__, "numpy": np.__version__}}
+
+
+def run_key(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def merged(identity: dict, provenance: dict) -> dict:
+    """Identity and provenance in one nested dict (what the report shows of a run)."""
+    out = dict(identity)
+    for key, value in provenance.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _check_provenance(store, provenance: dict) -> None:
+    """Keep the first provenance; warn when a run is resumed with other library versions."""
+    first = store.extra("provenance")
+    if first is None:
+        store.set_extra("provenance", provenance)
+        return
+    changed = {lib: (old, provenance["versions"].get(lib))
+               for lib, old in first.get("versions", {}).items() if provenance["versions"].get(lib) != old}
+    if changed:
+        text = ", ".join(f"{lib} {old} -> {new}" for lib, (old, new) in sorted(changed.items()))
+        warnings.warn(f"resuming run {store.key} with other library versions ({text}); batches "
+                      "computed before and after may differ in rounding.", RuntimeWarning, stacklevel=3)
+        store.set_extra("resumed_with", store.extra("resumed_with", []) + [provenance["versions"]])
 
 
 def _progress(total: int, quiet: bool, desc: str):
+    from tqdm.auto import tqdm
+
     return tqdm(total=total, desc=desc, disable=quiet or not sys.stderr.isatty(), leave=False)
 
 
-def _batches(dataset, config: CompareConfig, has_masks: bool, store: ResultsStore):
+def _batches(dataset, batch_size: int, has_masks: bool):
     """Batches as plain dicts of numpy arrays; decoding overlaps the model's work."""
-    for index, batch in enumerate(dataset.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)):
-        ids = [i.decode() for i in batch["id"].numpy()]
+    import tensorflow as tf
+
+    for index, batch in enumerate(dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)):
         labels = batch["label"].numpy()
-        targets = labels.astype(np.int32)
-        store.add_images(index, ids, labels, targets)
-        yield {"index": index, "ids": ids, "images": batch["image"].numpy(), "targets": targets,
+        yield {"index": index, "ids": [i.decode() for i in batch["id"].numpy()],
+               "images": batch["image"].numpy(), "labels": labels, "targets": labels.astype(np.int32),
                "masks": batch["mask"].numpy() if has_masks else None}
-
-
-@dataclasses.dataclass
-class WorkPlan:
-    """What every batch goes through; the same code runs in-process and on Ray workers."""
-
-    methods: Sequence[str]
-    method_params: dict
-    metrics: Sequence[str]
-    protocol: str
-    n_examples: int
-
-    def create_explainers(self, model, classes: Optional[dict] = None) -> tuple[dict, dict]:
-        """(explainers, setup errors) by method; a method that cannot be built is an error."""
-        explainers, errors = {}, {}
-        for m in self.methods:
-            try:
-                params = self.method_params.get(m, {})
-                explainers[m] = (classes[m](model, **params) if classes and m in classes
-                                 else xai.create_explainer(m, model, **params))
-            except Exception as exc:  # the run goes on with the others
-                errors[m] = f"{type(exc).__name__}: {exc}"
-        return explainers, errors
-
-    def run_method(self, method, explainers, setup_errors, scorer, batch) -> dict:
-        """One (method, batch): {"ok": True, ...results} or {"ok": False, "error": ...}."""
-        if method in setup_errors:
-            return {"ok": False, "error": setup_errors[method]}
-        try:
-            return {"ok": True, **self._explain_and_score(explainers[method], method, scorer, batch)}
-        except Exception as exc:
-            return {"ok": False, "error": _one_line(exc)}
-
-    def _explain_and_score(self, explainer, method, scorer, batch) -> dict:
-        images, targets, ids, masks = batch["images"], batch["targets"], batch["ids"], batch["masks"]
-        if not getattr(explainer, "_xai_warmed", False):  # keep tracing out of the timings
-            explainer.explain(images[:1], targets[:1])
-            explainer._xai_warmed = True
-        start = time.perf_counter()
-        maps = np.asarray(explainer.explain(images, targets))
-        seconds = time.perf_counter() - start
-        if maps.shape != images.shape[:3]:
-            raise PluginError(f"{method} returned maps of shape {maps.shape}; expected {images.shape[:3]}.")
-        if not np.all(np.isfinite(maps)):
-            raise PluginError(f"{method} returned NaN or infinite values.")
-        values = [(i, "seconds_per_image", seconds / len(images)) for i in ids]
-        curves, protocols = [], {}
-        for metric in self.metrics:
-            if metric in ("deletion", "insertion"):
-                result = ev.causal_curves(metric, scorer, images, targets, maps, protocol=self.protocol)
-                values += [(i, metric, float(a)) for i, a in zip(ids, result.auc)]
-                curves += [(i, metric, result.x, c) for i, c in zip(ids, result.curves)]
-                protocols[metric] = result.protocol
-            elif metric == "pointing_game":
-                values += [(i, metric, float(v)) for i, v in zip(ids, ev.pointing_game(maps, masks))]
-            elif metric == "relevance_mass":
-                values += [(i, metric, float(v)) for i, v in zip(ids, ev.relevance_mass(maps, masks))]
-        examples = []
-        if batch["index"] == 0:
-            examples = [(ids[j], images[j], maps[j], None if masks is None else masks[j])
-                        for j in range(min(self.n_examples, len(images)))]
-        return {"seconds": seconds, "values": values, "curves": curves, "examples": examples,
-                "protocols": protocols}
-
-
-def store_outcome(store: ResultsStore, method: str, batch: dict, outcome: dict) -> None:
-    """Commit one (method, batch) outcome; only the driver process ever calls this."""
-    n_images = len(batch["ids"])
-    if not outcome["ok"]:
-        store.record_failure(method, batch["index"], outcome["error"], n_images)
-        return
-    for metric, protocol in outcome["protocols"].items():
-        store.set_extra(f"protocol_{metric}", protocol)
-    store.commit_batch(method, batch["index"], n_images=n_images, seconds=outcome["seconds"],
-                       values=outcome["values"], curves=outcome["curves"], examples=outcome["examples"])
 
 
 def compare(config: CompareConfig = CompareConfig(), *, quiet: bool = False,
             write_report: bool = True) -> Path:
     """Run (or resume) a comparison; returns the run directory."""
-    methods = _validate(config)
+    from xai import data as xdata
+    from xai.evaluation import registry as metric_registry
+    from xai.models import model_spec, prepare_model, save_model
+    from xai.store import ResultsStore
+
+    resolved = resolve_config(config)
     model, model_info = resolve_model(config.model, verbose=0 if quiet else 1)
     model = prepare_model(model)
     spec = model_spec(model)
-    run_config = build_run_config(config, methods, model_info, spec)
-    key = run_key(run_config)
+    identity = run_identity(resolved, model_info, spec)
+    key = run_key(identity)
     run_dir = Path(config.out) / key
-    store = ResultsStore(run_dir, run_config, key)
+    store = ResultsStore(run_dir, identity, key)
+    _check_provenance(store, run_provenance(resolved, model_info))
     if not (run_dir / "model.keras").is_file():
         save_model(model, run_dir / "model.keras")  # what every number was computed with
 
@@ -234,45 +258,49 @@ def compare(config: CompareConfig = CompareConfig(), *, quiet: bool = False,
                                  image_size=spec.input_shape[0], seed=config.seed,
                                  num_classes=spec.num_classes)
     has_masks = "mask" in dataset.element_spec
-    metrics = [m for m in config.metrics if has_masks or m not in NEEDS_MASKS]
-    skipped = [m for m in config.metrics if m not in metrics]
-    store.set_extra("skipped_metrics", {m: "the dataset has no ground-truth masks" for m in skipped})
+    metrics = [metric_registry.get_metric(m) for m in resolved.metrics]
+    usable = [m for m in metrics if has_masks or not m.needs_masks]
+    store.set_extra("skipped_metrics", {m.name: "the dataset has no ground-truth masks"
+                                        for m in metrics if m not in usable})
     store.set_extra("class_names", list(dataset.class_names))
 
-    batches = _batches(dataset, config, has_masks, store)
-    sanity_pool = {"images": [], "targets": []}
-
-    def pooled(batches):
-        # The first images are kept for the sanity checks, whichever backend runs.
-        for batch in batches:
-            take = config.sanity_images - len(sanity_pool["images"])
-            if take > 0:
-                sanity_pool["images"].extend(batch["images"][:take])
-                sanity_pool["targets"].extend(batch["targets"][:take])
-            yield batch
-
-    n_batches = -(-config.n_images // config.batch_size)
-    plan = WorkPlan(methods=methods, method_params=config.method_params, metrics=metrics,
+    methods = list(resolved.methods)
+    plan = WorkPlan(methods=methods, method_params=resolved.method_params,
+                    metrics=[m.name for m in usable if m.per_batch is not None],
                     protocol=config.protocol, n_examples=config.n_examples)
     if config.backend == "ray":
-        from xai.distributed import run_on_ray
+        from xai.distributed import RayBackend
 
-        run_on_ray(plan, pooled(batches), n_batches, store, run_dir / "model.keras", config, quiet)
+        backend = RayBackend(run_dir / "model.keras", address=config.address, workers=config.workers)
     else:
-        explainers, setup_errors = plan.create_explainers(model)
-        scorer = ev.ModelScorer(model)
-        bar = _progress(n_batches * len(methods), quiet, "xai compare")
-        for batch in pooled(batches):
-            for method in methods:
-                bar.set_postfix_str(method)
-                if not store.is_done(method, batch["index"]):
-                    outcome = plan.run_method(method, explainers, setup_errors, scorer, batch)
-                    store_outcome(store, method, batch, outcome)
-                bar.update()
-        bar.close()
+        backend = LocalBackend(model)
 
-    if "sanity" in metrics and sanity_pool["images"]:
-        _run_sanity(store, model, methods, config, sanity_pool)
+    n_batches = -(-config.n_images // config.batch_size)
+    bar = _progress(n_batches * len(methods), quiet, backend.label)
+    sanity_pool = {"images": [], "targets": []}
+
+    def jobs():
+        # Reads the store (what is done) but never writes it: the loop below commits.
+        for batch in _batches(dataset, config.batch_size, has_masks):
+            take = config.sanity_images - len(sanity_pool["images"])
+            if take > 0:  # the first images are kept for the per-method metrics
+                sanity_pool["images"].extend(batch["images"][:take])
+                sanity_pool["targets"].extend(batch["targets"][:take])
+            todo = [m for m in methods if not store.is_done(m, batch["index"])]
+            bar.update(len(methods) - len(todo))
+            if todo:
+                yield batch, todo
+
+    for (batch, todo), outcomes in backend.run(plan, jobs()):
+        for method in todo:
+            store_outcome(store, method, batch, outcomes[method])
+        bar.update(len(todo))
+    bar.close()
+
+    if sanity_pool["images"]:
+        for metric in usable:
+            if metric.per_method is not None:
+                _run_per_method(metric, store, model, methods, resolved, config.seed, sanity_pool)
     if write_report:
         from xai.report import write_report as _write
 
@@ -281,34 +309,20 @@ def compare(config: CompareConfig = CompareConfig(), *, quiet: bool = False,
     return run_dir
 
 
-def _one_line(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip().splitlines()
-    where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
-    loc = f" (at {Path(where[0].filename).name}:{where[0].lineno})" if where else ""
-    return (text[0] if text else type(exc).__name__) + loc
+def _run_per_method(metric, store, model, methods, resolved: ResolvedConfig, seed: int, pool) -> None:
+    """A metric that re-runs the explainer (the sanity checks), once per method, on the pool."""
+    from xai.registry import get_explainer
 
-
-def _run_sanity(store, model, methods, config, pool):
     images = np.stack(pool["images"])
     targets = np.asarray(pool["targets"], np.int32)
-    names = {layer.name for layer in model.layers}
-    layers = [n for n in SANITY_CHECKPOINTS if n in names]
-    results = store.extra("sanity", {})
+    results = store.extra(metric.name, {})
     for method in methods:
         if method in results or not store.any_done(method):
             continue  # done already, or the method never ran
-        params = config.method_params.get(method, {})
         try:
-            randomised = ev.model_randomisation(method, model, images, targets, params=params,
-                                                layers=layers or None, seed=config.seed)
-            logit = ev.random_logit(method, model, images, targets, params=params, seed=config.seed)
-            results[method] = {
-                "layers": randomised["layers"],
-                "spearman_mean": [float(np.nanmean(r)) if np.isfinite(r).any() else None
-                                  for r in randomised["spearman"]],
-                "random_logit_mean": float(np.nanmean(logit)) if np.isfinite(logit).any() else None,
-                "n_images": int(len(images)),
-            }
+            results[method] = metric.per_method(get_explainer(method), model, images, targets,
+                                                params=resolved.config.method_params.get(method, {}),
+                                                seed=seed)
         except Exception as exc:
-            results[method] = {"error": _one_line(exc)}
-        store.set_extra("sanity", results)
+            results[method] = failure(exc)
+        store.set_extra(metric.name, results)

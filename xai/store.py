@@ -1,8 +1,8 @@
 """The results store of a comparison run: one SQLite file, written batch by batch.
 
-Each (method, batch) is committed in one transaction together with its values, curves
-and timing, so a run killed at any moment loses at most the batch in flight, and a
-rerun skips every committed one.
+Each (method, batch) is committed in one transaction together with its images, values,
+curves and timing, so a run killed at any moment loses at most the batch in flight, and a
+rerun skips every committed one. Only the driver process writes.
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ from typing import Iterable, Optional
 
 import numpy as np
 
+from xai.errors import StoreError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS run (key TEXT PRIMARY KEY, config TEXT NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS images (
     image_id TEXT PRIMARY KEY, batch INTEGER NOT NULL, label INTEGER, target INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS batches (
     method TEXT NOT NULL, batch INTEGER NOT NULL, status TEXT NOT NULL, error TEXT,
-    n_images INTEGER, seconds REAL, PRIMARY KEY (method, batch));
+    n_images INTEGER, seconds REAL, traceback TEXT, PRIMARY KEY (method, batch));
 CREATE TABLE IF NOT EXISTS vals (
     image_id TEXT NOT NULL, method TEXT NOT NULL, metric TEXT NOT NULL, value REAL,
     PRIMARY KEY (image_id, method, metric));
@@ -56,19 +58,32 @@ class ResultsStore:
 
     def __init__(self, run_dir, config: Optional[dict] = None, key: Optional[str] = None):
         self.path = Path(run_dir) / self.FILENAME
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path)
-        self.db.executescript(SCHEMA)
-        row = self.db.execute("SELECT key, config FROM run").fetchone()
+        if config is None and not self.path.is_file():
+            raise StoreError(f"{self.path.parent} holds no {self.FILENAME}; is it a directory made by "
+                             "xai compare?")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path)
+            self.db.executescript(SCHEMA)
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(batches)")}
+            if "traceback" not in columns:  # a store written before tracebacks were kept
+                with self.db:
+                    self.db.execute("ALTER TABLE batches ADD COLUMN traceback TEXT")
+            row = self.db.execute("SELECT key, config FROM run").fetchone()
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise StoreError(f"cannot use the results store {self.path}: {exc}. Move it away (or choose "
+                             "another --out) to start the run again.") from exc
         if config is not None:
             if row is None:
                 with self.db:
                     self.db.execute("INSERT INTO run VALUES (?, ?, ?)",
                                     (key, json.dumps(config, sort_keys=True), time.time()))
             elif row[0] != key:
-                raise RuntimeError(f"{self.path} holds run {row[0]}, not {key}; runs never mix.")
+                raise StoreError(f"{self.path} holds run {row[0]}, not {key}; runs never mix. "
+                                 "Choose another --out or remove that directory.")
         elif row is None:
-            raise FileNotFoundError(f"{self.path} holds no run.")
+            raise StoreError(f"{self.path} holds no run.")
+        self.key = key if row is None else row[0]
 
     @property
     def config(self) -> dict:
@@ -78,11 +93,9 @@ class ResultsStore:
         self.db.close()
 
     # -- writing -------------------------------------------------------------------
-    def add_images(self, batch: int, ids, labels, targets) -> None:
-        with self.db:
-            self.db.executemany("INSERT OR IGNORE INTO images VALUES (?, ?, ?, ?)",
-                                [(i, batch, None if l is None else int(l), int(t))
-                                 for i, l, t in zip(ids, labels, targets)])
+    def _add_images(self, batch: int, images: Iterable[tuple]) -> None:
+        self.db.executemany("INSERT OR IGNORE INTO images VALUES (?, ?, ?, ?)",
+                            [(i, batch, None if l is None else int(l), int(t)) for i, l, t in images])
 
     def is_done(self, method: str, batch: int) -> bool:
         """Committed successfully; a failed batch is tried again on the next run."""
@@ -97,10 +110,12 @@ class ResultsStore:
 
     def commit_batch(self, method: str, batch: int, *, n_images: int, seconds: float,
                      values: Iterable[tuple], curves: Iterable[tuple] = (),
-                     examples: Iterable[tuple] = ()) -> None:
-        """One transaction: the batch's values (image_id, metric, value), curves
-        (image_id, metric, x, y), example maps (image_id, image, map, mask), its status."""
+                     examples: Iterable[tuple] = (), images: Iterable[tuple] = ()) -> None:
+        """One transaction: the batch's images (image_id, label, target), values
+        (image_id, metric, value), curves (image_id, metric, x, y), example maps
+        (image_id, image, map, mask), and its status."""
         with self.db:
+            self._add_images(batch, images)
             self.db.executemany("INSERT OR REPLACE INTO vals VALUES (?, ?, ?, ?)",
                                 [(i, method, m, None if not np.isfinite(v) else float(v))
                                  for i, m, v in values])
@@ -110,13 +125,17 @@ class ResultsStore:
             self.db.executemany("INSERT OR REPLACE INTO examples VALUES (?, ?, ?, ?, ?)",
                                 [(i, method, _blob(im), _blob(mp), _blob(mk))
                                  for i, im, mp, mk in examples])
-            self.db.execute("INSERT OR REPLACE INTO batches VALUES (?, ?, 'done', NULL, ?, ?)",
+            self.db.execute("INSERT OR REPLACE INTO batches VALUES (?, ?, 'done', NULL, ?, ?, NULL)",
                             (method, batch, n_images, seconds))
 
-    def record_failure(self, method: str, batch: int, error: str, n_images: int) -> None:
+    def record_failure(self, method: str, batch: int, error: str, n_images: int,
+                       traceback: Optional[str] = None, images: Iterable[tuple] = ()) -> None:
+        """A failed (method, batch): a one-line `error` and the full `traceback`; the next run
+        of the same command tries it again."""
         with self.db:
-            self.db.execute("INSERT OR REPLACE INTO batches VALUES (?, ?, 'failed', ?, ?, NULL)",
-                            (method, batch, error, n_images))
+            self._add_images(batch, images)
+            self.db.execute("INSERT OR REPLACE INTO batches VALUES (?, ?, 'failed', ?, ?, NULL, ?)",
+                            (method, batch, error, n_images, traceback))
 
     def set_extra(self, name: str, value) -> None:
         with self.db:
@@ -163,9 +182,10 @@ class ResultsStore:
         return out
 
     def failures(self) -> list[dict]:
-        rows = self.db.execute("SELECT method, batch, error, n_images FROM batches "
+        rows = self.db.execute("SELECT method, batch, error, n_images, traceback FROM batches "
                                "WHERE status='failed' ORDER BY method, batch").fetchall()
-        return [{"method": m, "batch": b, "error": e, "n_images": n} for m, b, e, n in rows]
+        return [{"method": m, "batch": b, "error": e, "n_images": n, "traceback": tb}
+                for m, b, e, n, tb in rows]
 
     def timings(self) -> dict:
         """method -> seconds per image over its completed batches."""

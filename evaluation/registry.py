@@ -1,0 +1,143 @@
+"""The metric registry: name -> how to compute it, which way is better, what it needs.
+
+The runner, the report and the CLI read metrics from here and nowhere else, so adding a
+metric touches one file: a module in ``xai.evaluation`` that defines the metric and
+registers an adapter with `register_metric`. Modules of the package are discovered on the
+first look-up.
+
+Two kinds of metric:
+
+- per batch (``per_batch``): a pure function of the explainer's maps, called as
+  ``per_batch(MetricInputs) -> MetricOutput`` on every batch (deletion, insertion,
+  pointing game...);
+- per method (``per_method``): needs to run the explainer again (the sanity checks), called
+  once per method on a few images as
+  ``per_method(explainer_class, model, images, targets, params=..., seed=...) -> dict``.
+
+``seconds_per_image`` is registered too, as a cost: the runner measures it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from xai.errors import ConfigError
+
+
+@dataclasses.dataclass
+class MetricInputs:
+    """One batch as a per-batch metric sees it."""
+
+    scorer: Any  # xai.evaluation.ModelScorer of the run's model
+    images: np.ndarray  # (N, H, W, C)
+    targets: np.ndarray  # (N,) int32
+    maps: np.ndarray  # (N, H, W)
+    masks: Optional[np.ndarray] = None  # (N, H, W) ground-truth object masks, if the data has them
+    protocol: str = "rise"  # the deletion/insertion preset of the run
+
+
+@dataclasses.dataclass
+class MetricOutput:
+    """Per-image values (N,), and optionally curves ``(x (P,), curves (N, P))`` and the
+    protocol settings that produced them (shown in the report)."""
+
+    values: np.ndarray
+    curves: Optional[tuple] = None
+    protocol: Optional[dict] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    name: str
+    higher_is_better: bool
+    description: str
+    per_batch: Optional[Callable[[MetricInputs], MetricOutput]] = None
+    per_method: Optional[Callable[..., dict]] = None
+    needs_masks: bool = False
+    uses_protocol: bool = False
+    #: In the default metric set of `xai compare`.
+    default: bool = True
+    #: A cost, not a quality: measured by the runner, never requested.
+    is_cost: bool = False
+    #: Position in tables and figures.
+    order: int = 100
+
+    @property
+    def needs_explainer(self) -> bool:
+        return self.per_method is not None
+
+
+_METRICS: dict[str, Metric] = {}
+_discovered = False
+
+
+def register_metric(name: str, *, higher_is_better: bool, description: str, kind: str = "per_batch",
+                    needs_masks: bool = False, uses_protocol: bool = False, default: bool = True,
+                    order: int = 100):
+    """Decorator: register `fn` as metric `name` (``kind``: "per_batch" or "per_method")."""
+    if kind not in ("per_batch", "per_method"):
+        raise ValueError(f"kind must be 'per_batch' or 'per_method'; got {kind!r}.")
+
+    def decorate(fn):
+        _METRICS[name] = Metric(name=name, higher_is_better=higher_is_better, description=description,
+                                needs_masks=needs_masks, uses_protocol=uses_protocol, default=default,
+                                order=order, **{kind: fn})
+        return fn
+    return decorate
+
+
+_METRICS["seconds_per_image"] = Metric(
+    "seconds_per_image", higher_is_better=False, is_cost=True, default=False, order=1000,
+    description="explanation time per image on this machine")
+
+
+def _discover() -> None:
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    import xai.evaluation as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{module.name}")
+
+
+def metrics() -> list[Metric]:
+    """Every registered metric, in report order."""
+    _discover()
+    return sorted(_METRICS.values(), key=lambda m: (m.order, m.name))
+
+
+def get_metric(name: str) -> Metric:
+    _discover()
+    if name not in _METRICS:
+        raise ConfigError(f"unknown metric {name!r}; choose from {', '.join(requestable_names())}.")
+    return _METRICS[name]
+
+
+def requestable_names() -> list[str]:
+    """Metrics a user can ask `xai compare` for (everything but costs)."""
+    return [m.name for m in metrics() if not m.is_cost]
+
+
+def default_names() -> list[str]:
+    """The default metric set of `xai compare`."""
+    return [m.name for m in metrics() if m.default and not m.is_cost]
+
+
+def check_names(names) -> list[str]:
+    """`names` de-duplicated and sorted into report order; `ConfigError` for unknown ones
+    or an empty list."""
+    names = list(names)
+    if not names:
+        raise ConfigError(f"no metrics given; choose from {', '.join(requestable_names())}.")
+    known = requestable_names()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"unknown metric(s) {unknown}; choose from {', '.join(known)}.")
+    return [n for n in known if n in set(names)]

@@ -1,0 +1,155 @@
+"""The execution layer of a comparison: what each batch goes through, where it runs, and how
+its outcome is committed.
+
+- `WorkPlan`: the per-batch work (every method, then every per-batch metric of the metric
+  registry), the same code in this process and on Ray workers, with no store access.
+- `Backend`: runs jobs (a batch and the methods it still needs) and yields their outcomes;
+  `LocalBackend` here, `xai.distributed.RayBackend` on a Ray cluster.
+- `store_outcome`: the only writer, called by the driver as outcomes arrive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import traceback
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Protocol, Sequence
+
+import numpy as np
+
+from xai.errors import PluginError
+
+#: A job: one batch (dict of numpy arrays and ids) and the methods still to run on it.
+Job = tuple
+
+
+@dataclasses.dataclass
+class WorkPlan:
+    """What every batch goes through; the same code runs in-process and on Ray workers."""
+
+    methods: Sequence[str]
+    method_params: dict
+    metrics: Sequence[str]  # per-batch metrics of xai.evaluation.registry, in report order
+    protocol: str
+    n_examples: int
+
+    def create_explainers(self, model, classes: Optional[dict] = None) -> tuple[dict, dict]:
+        """(explainers, setup errors) by method; a method that cannot be built is an error
+        for each of its batches, and the others go on."""
+        from xai.registry import get_explainer
+
+        explainers, errors = {}, {}
+        for m in self.methods:
+            try:
+                cls = classes[m] if classes and m in classes else get_explainer(m)
+                explainers[m] = cls(model, **self.method_params.get(m, {}))
+            except Exception as exc:  # the run goes on with the others
+                errors[m] = failure(exc)
+        return explainers, errors
+
+    def run_methods(self, methods: Sequence[str], explainers: dict, setup_errors: dict, scorer,
+                    batch: dict, warmed: set) -> dict:
+        """{method: outcome} for one batch. Each explainer is first traced on one image (once
+        per process, remembered in `warmed`) so that tracing stays out of the timings."""
+        for m in methods:
+            if m in explainers and m not in warmed:
+                warmed.add(m)
+                try:
+                    explainers[m].explain(batch["images"][:1], batch["targets"][:1])
+                except Exception:  # noqa: BLE001 - the real call records the failure
+                    pass
+        return {m: self.run_method(m, explainers, setup_errors, scorer, batch) for m in methods}
+
+    def run_method(self, method: str, explainers: dict, setup_errors: dict, scorer, batch: dict) -> dict:
+        """One (method, batch): {"ok": True, ...results} or {"ok": False, "error", "traceback"}."""
+        if method in setup_errors:
+            return {"ok": False, **setup_errors[method]}
+        try:
+            return {"ok": True, **self._explain_and_score(explainers[method], method, scorer, batch)}
+        except Exception as exc:
+            return {"ok": False, **failure(exc)}
+
+    def _explain_and_score(self, explainer, method: str, scorer, batch: dict) -> dict:
+        from xai.evaluation.registry import MetricInputs, get_metric
+
+        images, targets, ids, masks = batch["images"], batch["targets"], batch["ids"], batch["masks"]
+        start = time.perf_counter()
+        maps = np.asarray(explainer.explain(images, targets))
+        seconds = time.perf_counter() - start
+        if maps.shape != images.shape[:3]:
+            raise PluginError(f"{method} returned maps of shape {maps.shape}; expected {images.shape[:3]}.")
+        if not np.all(np.isfinite(maps)):
+            raise PluginError(f"{method} returned NaN or infinite values.")
+        values = [(i, "seconds_per_image", seconds / len(images)) for i in ids]
+        curves, protocols = [], {}
+        inputs = MetricInputs(scorer=scorer, images=images, targets=targets, maps=maps, masks=masks,
+                              protocol=self.protocol)
+        for name in self.metrics:
+            result = get_metric(name).per_batch(inputs)
+            values += [(i, name, float(v)) for i, v in zip(ids, result.values)]
+            if result.curves is not None:
+                x, ys = result.curves
+                curves += [(i, name, x, y) for i, y in zip(ids, ys)]
+            if result.protocol is not None:
+                protocols[name] = result.protocol
+        examples = []
+        if batch["index"] == 0:
+            examples = [(ids[j], images[j], maps[j], None if masks is None else masks[j])
+                        for j in range(min(self.n_examples, len(images)))]
+        return {"seconds": seconds, "values": values, "curves": curves, "examples": examples,
+                "protocols": protocols}
+
+
+def failure(exc: BaseException) -> dict:
+    """{"error": one line naming the exception and where it was raised, "traceback": all of it}."""
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()
+    where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    loc = f" (at {Path(where[0].filename).name}:{where[0].lineno})" if where else ""
+    return {"error": (text[0] if text else type(exc).__name__) + loc,
+            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))}
+
+
+class Backend(Protocol):
+    """Where a comparison's work runs."""
+
+    #: What the progress bar calls it.
+    label: str
+
+    def run(self, plan: WorkPlan, jobs: Iterable[Job]) -> Iterator[tuple[Job, dict]]:
+        """Run each job ``(batch, methods)``; yield ``(job, {method: outcome})`` as each ends,
+        in any order. Never touches the store."""
+        ...
+
+
+class LocalBackend:
+    """Every job in this process, one after the other."""
+
+    label = "xai compare"
+
+    def __init__(self, model):
+        self.model = model
+
+    def run(self, plan: WorkPlan, jobs: Iterable[Job]) -> Iterator[tuple[Job, dict]]:
+        from xai import evaluation as ev
+
+        explainers, setup_errors = plan.create_explainers(self.model)
+        scorer, warmed = ev.ModelScorer(self.model), set()
+        for job in jobs:
+            batch, methods = job
+            yield job, plan.run_methods(methods, explainers, setup_errors, scorer, batch, warmed)
+
+
+def store_outcome(store, method: str, batch: dict, outcome: dict) -> None:
+    """Commit one (method, batch) outcome with the batch's images; only the driver calls this."""
+    n_images = len(batch["ids"])
+    images = list(zip(batch["ids"], batch["labels"], batch["targets"]))
+    if not outcome["ok"]:
+        store.record_failure(method, batch["index"], outcome["error"], n_images,
+                             traceback=outcome.get("traceback"), images=images)
+        return
+    for metric, protocol in outcome["protocols"].items():
+        store.set_extra(f"protocol_{metric}", protocol)
+    store.commit_batch(method, batch["index"], n_images=n_images, seconds=outcome["seconds"],
+                       values=outcome["values"], curves=outcome["curves"], examples=outcome["examples"],
+                       images=images)
