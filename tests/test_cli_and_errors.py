@@ -51,6 +51,24 @@ def test_import_xai_loads_no_framework_and_leaves_the_environment_alone():
     assert json.loads(result.stdout) == {"heavy": [], "environ_changed": False}
 
 
+def test_listing_explainers_loads_no_framework():
+    """`xai list` imports every built-in plugin (their classes carry the parameters it prints)
+    without TensorFlow: the core and the built-ins import it on first use."""
+    result = run_python("""
+        import json, sys
+        import xai
+        names = xai.list_explainers()
+        params = {n: sorted(xai.plugin_info(n).cls.parameters) for n in names}
+        print(json.dumps({"names": names, "smoothgrad": params["smoothgrad"], "errors": xai.plugin_errors(),
+                          "heavy": [m for m in ("tensorflow", "keras") if m in sys.modules]}))
+    """, env=clean_env())
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["heavy"] == [] and out["errors"] == {} and len(out["names"]) >= 10
+    assert out["smoothgrad"] == ["batch_size", "jit_compile", "n_samples", "noise_level", "reduce", "score",
+                                 "seed"]
+
+
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["compare", "--help"], ["explain", "--help"],
                                   ["report", "--help"], ["train", "--help"], ["list", "--help"]])
 def test_cli_help_loads_no_framework(args):

@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 MODULES = ["xai.models", "xai.registry", "xai.data", "xai.testing", "xai.plugins.vanilla_gradient",
-           "xai.evaluation.faithfulness", "xai.evaluation.localisation"]
+           "xai.evaluation.faithfulness", "xai.evaluation.localisation", "xai.evaluation.sanity"]
 
 
 @pytest.mark.parametrize("name", MODULES)
