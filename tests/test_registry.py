@@ -89,3 +89,12 @@ def test_third_party_plugin_package_installs_and_registers(tmp_path, tiny_model)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "OK 0.1.0" in out.stdout
+
+
+def test_the_documented_plugin_is_the_tested_one_and_fits_in_15_lines():
+    source = (FIXTURE / "xai_example_plugin" / "gradient_x_input.py").read_text()
+    code = source.split('"""', 2)[2].strip()  # without the module docstring
+    guide = (Path(__file__).parents[1] / "docs" / "writing-a-plugin.md").read_text()
+    assert code in guide
+    assert len(source.strip().splitlines()) <= 15
+    assert "register_explainer" not in source and "_" + "explain_batch" not in source

@@ -19,7 +19,6 @@ Everything an author needs is importable from `xai.plugin_api`.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 
 import numpy as np
@@ -374,10 +373,6 @@ class PerturbationExplainer(Explainer):
 
     def copies_per_image(self) -> int:
         return self.n_copies()
-
-    def model_calls(self, n_images: int) -> int:
-        """Batches of copies `explain` runs for `n_images` (for benchmarks)."""
-        return math.ceil(n_images * self.n_copies() / self.resolved["batch_size"])
 
     def _accumulate(self, images, targets, state, total, rows, copies, drawn):
         values = self.contribution(images, targets, state, rows, copies, drawn)
