@@ -5,15 +5,24 @@ with a one-line ``Error: ...`` and exit code 1; a malformed option is click's us
 (exit code 2). Any other exception is a bug and keeps its traceback. ``xai --debug ...``
 shows the traceback of a user error too.
 
+An environment failure (a full disk, a read-only or unreadable file) is one line too.
+Warnings are shown as one ``Warning: ...`` line each. A comparison in which every batch of
+every method failed exits with code 1 after writing its report.
+
 This module imports nothing heavy: TensorFlow, Keras and matplotlib load inside the
-commands that need them, so ``xai --help`` answers at once.
+commands that need them, so ``xai --help`` answers at once. They load through
+`load_tensorflow`, which shows TensorFlow's start-up log once at most (not at all with
+``--quiet``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+import tempfile
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -30,12 +39,93 @@ class _UserErrors(click.Group):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                return super().invoke(ctx)
         except XAIError as exc:
             if ctx.params.get("debug"):
                 raise
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise click.ClickException(message) from None
+        except OSError as exc:  # the environment refuses (full disk, permissions), not a bug
+            from xai.store import ENVIRONMENT_ERRNOS, FULL_DISK_ERRNOS, full_disk_message
+
+            if ctx.params.get("debug") or exc.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            where = exc.filename or "a file"
+            if exc.errno in FULL_DISK_ERRNOS:
+                raise click.ClickException(full_disk_message(where, exc)) from None
+            raise click.ClickException(f"cannot read or write {where}: {exc.strerror}.") from None
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """A warning as one line on stderr: what it says, not where in xai it was raised."""
+    click.echo(f"Warning: {str(message).splitlines()[0] if str(message) else category.__name__}", err=True)
+
+
+#: A line of TensorFlow's C++ (absl) log: severity, date, time, thread, file:line] message.
+_LOG_LINE = re.compile(r"^([IWEF])\d{4} [\d:. ]+\s+\d+ ([^\]]+)\] (.*)$")
+#: CUDA probing on a machine without a GPU logs an error; it only says "no GPU": shown as info.
+_NO_GPU = re.compile(r"failed call to cuInit|Could not find cuda drivers")
+_ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+
+
+def load_tensorflow(quiet: bool = False) -> None:
+    """Import TensorFlow with its start-up log captured, then show each message once at most.
+
+    TensorFlow 2.21 ships two libraries, each with its own copy of absl logging, and both log
+    before `TF_CPP_MIN_LOG_LEVEL` is read (absl's "before InitializeLog" messages ignore it):
+    that is why every line printed twice. Here the process's stderr is captured while
+    TensorFlow loads and probes its devices, and each message is shown once, only at a
+    severity `TF_CPP_MIN_LOG_LEVEL` lets through (0 all, 1 warnings, 2 errors, 3 none), and
+    not at all when `quiet`. If the import fails, everything captured is shown.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # device probing logs now, inside the capture
+        except BaseException:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        text = captured.read().decode(errors="replace")
+    if quiet:
+        return
+    try:
+        threshold = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+    except ValueError:
+        threshold = 0
+    shown, seen, keep = [], set(), True
+    for line in text.splitlines():
+        if line.strip() == _ABSL_PREAMBLE:
+            continue
+        match = _LOG_LINE.match(line)
+        if match:  # a new message; lines without a prefix continue the one before
+            severity, source, message = match.groups()
+            level = 0 if _NO_GPU.search(message) else "IWEF".index(severity)
+            keep = level >= threshold and (source, message) not in seen
+            seen.add((source, message))
+        elif line in seen:
+            continue
+        else:
+            seen.add(line)
+        if keep:
+            shown.append(line)
+    if shown:
+        click.echo("\n".join(shown), err=True)
 
 
 def parse_params(values: Iterable[str]) -> dict[str, dict]:
@@ -120,6 +210,7 @@ def list_cmd():
 def explain(images, methods, model, target, params, out):
     """The seed's picture for each IMAGE: the image, the grey map and the overlay."""
     options = parse_params(params)  # a malformed --param fails before TensorFlow loads
+    load_tensorflow()
 
     import numpy as np
 
@@ -134,6 +225,9 @@ def explain(images, methods, model, target, params, out):
     net, _ = resolve_model(model, verbose=0)
     net = xai.models.prepare_model(net)
     spec = xai.models.model_spec(net)
+    if target is not None and not 0 <= target < spec.num_classes:
+        raise xai.ParameterError(f"--target must be a class index from 0 to {spec.num_classes - 1} "
+                                 f"(the model has {spec.num_classes} outputs); got {target}.")
     batch = data.load_images(list(images), spec.input_shape[:2])
     maps = {m: xai.create_explainer(m, net, **options.get(m, {})).explain(
         batch, None if target is None else np.full(len(batch), target)) for m in methods}
@@ -183,6 +277,7 @@ def compare(methods, dataset, model, n_images, metrics, protocol, seed, batch_si
     method_params = parse_params(params)  # before TensorFlow loads: a typo fails at once
     if backend == "local" and (address or workers):
         raise click.UsageError("--address and --workers apply to --backend ray only.")
+    load_tensorflow(quiet)
     from xai.runner import CompareConfig
     from xai.runner import compare as run_compare
 
@@ -195,6 +290,14 @@ def compare(methods, dataset, model, n_images, metrics, protocol, seed, batch_si
         out=out, backend=backend, address=address, workers=workers)
     run_dir = run_compare(config, quiet=quiet)
     _summarise_run(run_dir)
+    from xai.store import ResultsStore
+
+    store = ResultsStore(run_dir)
+    counts = store.batch_counts()
+    store.close()
+    if counts["done"] == 0 and counts["failed"]:
+        raise click.ClickException(f"every batch of every method failed ({counts['failed']}); the errors and "
+                                   f"their tracebacks are in {run_dir / 'report.html'}.")
 
 
 def _summarise_run(run_dir: Path):
@@ -233,6 +336,7 @@ def report(run_dir):
     """Render the report of RUN_DIR again from its stored results (no recomputation)."""
     if not (Path(run_dir) / "results.sqlite").is_file():
         raise StoreError(f"{run_dir} holds no results.sqlite; is it a directory made by xai compare?")
+    load_tensorflow()
     from xai.report import write_report
 
     click.echo(f"wrote {write_report(run_dir)}")
@@ -249,6 +353,7 @@ def train(dataset, epochs, out, retrain):
     from ImageNet weights (the seed's recipe; needs the downloads once)."""
     import dataclasses
 
+    load_tensorflow()
     from xai import train as tr
     from xai.models import save_model
 

@@ -9,6 +9,8 @@ on it). Class names travel as ``dataset.class_names``.
 from __future__ import annotations
 
 import functools
+import io
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -24,6 +26,7 @@ OFFLINE_TEXTURES = ("brick", "grass", "gravel", "moon", "camera", "coins", "cloc
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 _MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM")
 _SPLIT_STREAM = {"train": 0, "validation": 1, "test": 2}
+_EXIF_ORIENTATION = 0x0112
 
 
 def _with_class_names(ds: tf.data.Dataset, class_names: Sequence[str]) -> tf.data.Dataset:
@@ -241,16 +244,54 @@ def cats_vs_dogs(split: str = "train[80%:]", image_size=224, data_dir: Optional[
 # Image files and folders
 # --------------------------------------------------------------------------------------
 
-def load_image(path, image_size=None) -> np.ndarray:
-    """Read one PNG/JPEG/BMP/GIF as float32 RGB in [0, 1], optionally resized.
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation (1-8) of encoded image bytes; 1 (as stored) when there is none.
 
-    Grey-scale is repeated to three channels; an alpha channel is dropped after
+    Reads the header only (JPEG APP1, PNG eXIf), never the pixels. Phone cameras store the
+    sensor's pixels and this tag; a viewer turns the picture upright, and so does xai.
+    """
+    if not (data.startswith(b"\xff\xd8\xff") or (data.startswith(b"\x89PNG") and b"eXIf" in data)):
+        return 1  # GIF and BMP have no EXIF
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            value = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a damaged header: the decoder will say so
+        return 1
+    return int(value) if isinstance(value, (int, np.integer)) and 1 <= value <= 8 else 1
+
+
+def _orient(image: tf.Tensor, orientation) -> tf.Tensor:
+    """Turn a decoded (H, W, C) image upright for its EXIF `orientation` (what Pillow's
+    ``ImageOps.exif_transpose`` does), in TensorFlow ops."""
+    transpose = lambda: tf.transpose(image, [1, 0, 2])  # noqa: E731
+    branches = [
+        lambda: image,                                    # 1: upright
+        lambda: image[:, ::-1],                           # 2: mirrored
+        lambda: image[::-1, ::-1],                        # 3: rotated 180
+        lambda: image[::-1],                              # 4: mirrored vertically
+        transpose,                                        # 5: mirrored, rotated 90 ccw
+        lambda: tf.image.rot90(image, 3),                 # 6: rotated 90 cw
+        lambda: tf.transpose(image, [1, 0, 2])[::-1, ::-1],  # 7: mirrored, rotated 90 cw
+        lambda: tf.image.rot90(image, 1),                 # 8: rotated 90 ccw
+    ]
+    index = tf.clip_by_value(tf.cast(orientation, tf.int32) - 1, 0, 7)
+    return tf.switch_case(index, branches)
+
+
+def load_image(path, image_size=None) -> np.ndarray:
+    """Read one PNG/JPEG/BMP/GIF as float32 RGB in [0, 1], upright, optionally resized.
+
+    The EXIF orientation is applied (a phone photo is seen as its viewer shows it);
+    grey-scale is repeated to three channels; an alpha channel is dropped after
     compositing on white (what a viewer shows).
 
     Raises
     ------
     DataError
-        The file is missing or not a readable image; the message names the file.
+        The file is missing or not a readable image (truncated, damaged); the message
+        names the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -258,20 +299,25 @@ def load_image(path, image_size=None) -> np.ndarray:
     data = path.read_bytes()
     if not data.startswith(_MAGIC):
         raise DataError(f"{str(path)!r} is not a PNG, JPEG, GIF or BMP image.")
+    size = None if image_size is None else _as_size(image_size)
     try:
-        image = decode_rgb(tf.constant(data), None if image_size is None else _as_size(image_size))
+        image = decode_rgb(tf.constant(data), size, orientation=exif_orientation(data))
     except Exception as exc:
-        raise DataError(f"{str(path)!r} could not be decoded as an image ({exc.__class__.__name__}).") from exc
+        raise DataError(f"{str(path)!r} could not be decoded as an image; it is truncated or damaged "
+                        f"({exc.__class__.__name__}).") from exc
     return image.numpy()
 
 
-def decode_rgb(data: tf.Tensor, size=None) -> tf.Tensor:
+def decode_rgb(data: tf.Tensor, size=None, orientation=1) -> tf.Tensor:
     """Encoded PNG/JPEG/BMP/GIF bytes -> float32 RGB in [0, 1] (H, W, 3), in TensorFlow ops.
 
-    Grey-scale is repeated to three channels; an alpha channel is dropped after
-    compositing on white (what a viewer shows). Runs inside `tf.data` pipelines.
+    `orientation` is the EXIF orientation (`exif_orientation`, 1 = as stored), applied
+    before resizing. Grey-scale is repeated to three channels; an alpha channel is dropped
+    after compositing on white (what a viewer shows). Runs inside `tf.data` pipelines.
     """
-    image = tf.image.convert_image_dtype(tf.io.decode_image(data, expand_animations=False), tf.float32)
+    image = tf.io.decode_image(data, expand_animations=False)
+    image = _orient(image, orientation)
+    image = tf.image.convert_image_dtype(image, tf.float32)
     has_alpha = tf.equal(tf.shape(image)[-1] % 2, 0)  # grey+alpha or RGBA
     image = tf.cond(has_alpha, lambda: image[..., :-1] * image[..., -1:] + (1.0 - image[..., -1:]),
                     lambda: image)
@@ -283,54 +329,104 @@ def decode_rgb(data: tf.Tensor, size=None) -> tf.Tensor:
 
 
 def load_images(paths: Sequence, image_size) -> np.ndarray:
-    """Read several image files into one (N, H, W, 3) batch at `image_size`."""
+    """Read several image files into one (N, H, W, 3) batch at `image_size` (see `load_image`)."""
     if not paths:
         raise DataError("no image files given.")
     return np.stack([load_image(p, image_size) for p in paths])
 
 
+def _visible(p: Path) -> bool:
+    return not p.name.startswith(".")
+
+
 def _list_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """Class names and (file, label) pairs of ROOT/CLASS/FILE; a file anywhere else (in ROOT
+    itself, or below a class folder) is named in a warning and not used."""
     if not root.is_dir():
         raise DataError(f"dataset folder {str(root)!r} does not exist.")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise DataError(f"{str(root)!r} has no class sub-folders (expected ROOT/CLASS/IMAGE files).")
+    entries = sorted(p for p in root.iterdir() if _visible(p))
+    class_dirs = [p for p in entries if p.is_dir()]
+    misplaced = [p for p in entries if p.is_file()]
     items = []
     for label, d in enumerate(class_dirs):
-        for f in sorted(d.iterdir()):
-            if f.is_file() and not f.name.startswith("."):
+        for f in sorted(p for p in d.iterdir() if _visible(p)):
+            if f.is_file():
                 items.append((f, label))
+            elif f.is_dir():
+                misplaced += sorted(p for p in f.rglob("*") if p.is_file() and _visible(p)
+                                    and not any(part.startswith(".") for part in p.relative_to(f).parts))
+    if misplaced:
+        names = ", ".join(p.relative_to(root).as_posix() for p in misplaced[:5])
+        more = f" and {len(misplaced) - 5} more" if len(misplaced) > 5 else ""
+        warnings.warn(f"{len(misplaced)} file(s) in {str(root)!r} are not at ROOT/CLASS/FILE and are not used: "
+                      f"{names}{more}. Each class is one folder directly under ROOT, its images directly "
+                      "inside it (see docs/data.md).", UserWarning, stacklevel=3)
+    if not class_dirs:
+        raise DataError(f"{str(root)!r} has no class sub-folders (expected ROOT/CLASS/IMAGE files).")
     if not items:
-        raise DataError(f"{str(root)!r} has class folders but no files in them.")
+        raise DataError(f"{str(root)!r} has class folders but no files in them (expected ROOT/CLASS/IMAGE "
+                        "files).")
     return [d.name for d in class_dirs], items
 
 
-def image_folder(root, image_size=224) -> tf.data.Dataset:
+def _undecodable(paths: Sequence[str]) -> list[int]:
+    """Indices of the files that the pipeline's own decoder cannot decode, found by decoding
+    each file once, in parallel, with the same TensorFlow ops as the dataset."""
+    ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), list(paths)))
+    ds = ds.map(lambda i, p: (i, tf.shape(decode_rgb(tf.io.read_file(p)))),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    decoded = set()
+    for indices, _ in ds.ignore_errors().batch(256).as_numpy_iterator():
+        decoded.update(int(i) for i in indices)
+    return [i for i in range(len(paths)) if i not in decoded]
+
+
+def image_folder(root, image_size=224, n_images: Optional[int] = None) -> tf.data.Dataset:
     """A folder with one sub-folder per class (``ROOT/CLASS/*.png|jpg``), sorted by name.
 
-    Every file is checked before the dataset is returned, so a corrupt or foreign file is
-    reported by name up front instead of failing deep inside a later run.
+    Every file used (the first `n_images` in that order, or all) is read and decoded once
+    before the dataset is returned, so a foreign, truncated or damaged file is reported by
+    name up front instead of failing deep inside a later run. Each image is turned upright
+    by its EXIF orientation. Files that are not at ROOT/CLASS/FILE are named in a warning.
+
+    Raises
+    ------
+    DataError
+        The folder does not exist, has no class folders or images, or holds files that
+        cannot be decoded (named, up to five).
     """
     root = Path(root)
     size = _as_size(image_size)
     class_names, items = _list_folder(root)
-    bad = []
+    if n_images is not None:
+        items = items[: int(n_images)]
+    bad, orientations = [], []
     for f, _ in items:
+        orientations.append(1)
         if f.suffix.lower() not in IMAGE_SUFFIXES:
             bad.append(f"{f} (not an image file type: {', '.join(IMAGE_SUFFIXES)})")
             continue
-        with open(f, "rb") as fh:
-            if not fh.read(8).startswith(_MAGIC):
-                bad.append(f"{f} (not a PNG, JPEG, GIF or BMP image)")
+        data = f.read_bytes()
+        if not data.startswith(_MAGIC):
+            bad.append(f"{f} (not a PNG, JPEG, GIF or BMP image)")
+            continue
+        orientations[-1] = exif_orientation(data)
+    if not bad:
+        bad = [f"{items[i][0]} (truncated or damaged: it cannot be decoded)"
+               for i in _undecodable([str(f) for f, _ in items])]
     if bad:
-        raise DataError(f"{len(bad)} unreadable file(s) in {str(root)!r}: " + "; ".join(bad[:5]))
+        raise DataError(f"{len(bad)} unreadable file(s) in {str(root)!r}: " + "; ".join(bad[:5])
+                        + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+                        + ". Remove or replace them.")
 
     # Decoding and resizing run in parallel inside tf.data, overlapping the model's work.
     ds = tf.data.Dataset.from_tensor_slices({
         "id": [f.relative_to(root).as_posix() for f, _ in items],
         "path": [str(f) for f, _ in items],
+        "orientation": np.asarray(orientations, np.int32),
         "label": np.asarray([label for _, label in items], np.int32)})
-    ds = ds.map(lambda e: {"id": e["id"], "image": decode_rgb(tf.io.read_file(e["path"]), size),
+    ds = ds.map(lambda e: {"id": e["id"],
+                           "image": decode_rgb(tf.io.read_file(e["path"]), size, e["orientation"]),
                            "label": e["label"]},
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return _with_class_names(ds, class_names)
@@ -345,6 +441,6 @@ def load_dataset(name_or_path: str, *, n_images: int, image_size: int, seed: int
     elif name_or_path == "cats_vs_dogs":
         ds = cats_vs_dogs(split=split or "train[80%:]", image_size=image_size)
     else:
-        ds = image_folder(name_or_path, image_size=image_size)
+        ds = image_folder(name_or_path, image_size=image_size, n_images=n_images)
     names = ds.class_names
     return _with_class_names(ds.take(n_images), names)

@@ -430,10 +430,19 @@ def save_model(model: keras.Model, path) -> Path:
     if path.suffix != ".keras":
         raise ParameterError(f"model files end in .keras; got {str(path)!r}.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)  # a killed save never leaves a half-written model behind
-    Path(str(path) + _SIDECAR_SUFFIX).write_text(json.dumps(model_spec(model).to_json(), indent=2))
+    # Written beside, then renamed: a killed or failed save (a full disk) never leaves a
+    # half-written model, nor a temporary file, behind.
+    sidecar = Path(str(path) + _SIDECAR_SUFFIX)
+    tmp, tmp_sidecar = path.with_name(path.stem + ".tmp.keras"), sidecar.with_name(sidecar.name + ".tmp")
+    try:
+        model.save(tmp)
+        tmp_sidecar.write_text(json.dumps(model_spec(model).to_json(), indent=2))
+        os.replace(tmp, path)
+        os.replace(tmp_sidecar, sidecar)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        tmp_sidecar.unlink(missing_ok=True)
+        raise
     return path
 
 

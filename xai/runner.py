@@ -12,9 +12,11 @@ traceback, and the run goes on with the others.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -23,7 +25,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 import xai
-from xai.errors import ConfigError, ModelError, ParameterError
+from xai.errors import ConfigError, DataError, ModelError, ParameterError, StoreError
 from xai.execution import LocalBackend, WorkPlan, failure, store_outcome
 
 #: Version of the identity's layout: bump it when the same run would get another key.
@@ -234,79 +236,149 @@ def _batches(dataset, batch_size: int, has_masks: bool):
                "masks": batch["mask"].numpy() if has_masks else None}
 
 
+@contextlib.contextmanager
+def run_lock(run_dir: Path, name: str = "compare.lock"):
+    """Hold an exclusive lock on `run_dir` (``fcntl.flock`` on ``RUN_DIR/compare.lock``).
+
+    A second process on the same run directory says once which process holds it, waits, and
+    then resumes: the batches the first committed are skipped, none is computed twice. The
+    operating system releases the lock when its holder exits, however it exits.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no coordination (see docs/cli.md)
+        yield
+        return
+    from xai.store import store_error
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(run_dir / name, "a+")
+    except OSError as exc:
+        raise store_error(run_dir / name, exc) from exc
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            other = handle.read().strip() or "?"
+            print(f"another xai compare (pid {other}) is working on {run_dir}; waiting for it to finish, "
+                  "then resuming.", file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
+def check_classes(dataset, spec, name: str) -> None:
+    """Refuse a dataset with more classes than the model has outputs (before any work)."""
+    n = len(dataset.class_names)
+    if n > spec.num_classes:
+        shown = ", ".join(dataset.class_names[:8]) + (", ..." if n > 8 else "")
+        raise DataError(f"the dataset {name!r} has {n} classes ({shown}) but the model has "
+                        f"{spec.num_classes} outputs; use a model with at least {n} outputs, or a "
+                        f"folder with at most {spec.num_classes} class folders.")
+
+
 def compare(config: CompareConfig = CompareConfig(), *, quiet: bool = False,
             write_report: bool = True) -> Path:
-    """Run (or resume) a comparison; returns the run directory."""
+    """Run (or resume) a comparison; returns the run directory.
+
+    Everything a user can get wrong (configuration, model, dataset: missing, unreadable or
+    damaged images, more classes than the model has outputs) is refused with an `XAIError`
+    before the first batch. Only one process works on a run directory at a time (`run_lock`).
+    """
     from xai import data as xdata
     from xai.evaluation import registry as metric_registry
-    from xai.models import model_spec, prepare_model, save_model
+    from xai.models import model_spec, prepare_model
     from xai.store import ResultsStore
 
     resolved = resolve_config(config)
     model, model_info = resolve_model(config.model, verbose=0 if quiet else 1)
     model = prepare_model(model)
     spec = model_spec(model)
-    identity = run_identity(resolved, model_info, spec)
-    key = run_key(identity)
-    run_dir = Path(config.out) / key
-    store = ResultsStore(run_dir, identity, key)
-    _check_provenance(store, run_provenance(resolved, model_info))
-    if not (run_dir / "model.keras").is_file():
-        save_model(model, run_dir / "model.keras")  # what every number was computed with
-
     dataset = xdata.load_dataset(config.dataset, n_images=config.n_images,
                                  image_size=spec.input_shape[0], seed=config.seed,
                                  num_classes=spec.num_classes)
-    has_masks = "mask" in dataset.element_spec
-    metrics = [metric_registry.get_metric(m) for m in resolved.metrics]
-    usable = [m for m in metrics if has_masks or not m.needs_masks]
-    store.set_extra("skipped_metrics", {m.name: "the dataset has no ground-truth masks"
-                                        for m in metrics if m not in usable})
-    store.set_extra("class_names", list(dataset.class_names))
+    check_classes(dataset, spec, config.dataset)
+    identity = run_identity(resolved, model_info, spec)
+    key = run_key(identity)
+    run_dir = Path(config.out) / key
+    with run_lock(run_dir):
+        store = ResultsStore(run_dir, identity, key)
+        try:
+            _check_provenance(store, run_provenance(resolved, model_info))
+            if not (run_dir / "model.keras").is_file():
+                _save_run_model(model, run_dir / "model.keras")  # what every number was computed with
 
-    methods = list(resolved.methods)
-    plan = WorkPlan(methods=methods, method_params=resolved.method_params,
-                    metrics=[m.name for m in usable if m.per_batch is not None],
-                    protocol=config.protocol, n_examples=config.n_examples)
-    if config.backend == "ray":
-        from xai.distributed import RayBackend
+            has_masks = "mask" in dataset.element_spec
+            metrics = [metric_registry.get_metric(m) for m in resolved.metrics]
+            usable = [m for m in metrics if has_masks or not m.needs_masks]
+            store.set_extra("skipped_metrics", {m.name: "the dataset has no ground-truth masks"
+                                                for m in metrics if m not in usable})
+            store.set_extra("class_names", list(dataset.class_names))
 
-        backend = RayBackend(run_dir / "model.keras", address=config.address, workers=config.workers)
-    else:
-        backend = LocalBackend(model)
+            methods = list(resolved.methods)
+            plan = WorkPlan(methods=methods, method_params=resolved.method_params,
+                            metrics=[m.name for m in usable if m.per_batch is not None],
+                            protocol=config.protocol, n_examples=config.n_examples)
+            if config.backend == "ray":
+                from xai.distributed import RayBackend
 
-    n_batches = -(-config.n_images // config.batch_size)
-    bar = _progress(n_batches * len(methods), quiet, backend.label)
-    sanity_pool = {"images": [], "targets": []}
+                backend = RayBackend(run_dir / "model.keras", address=config.address,
+                                     workers=config.workers)
+            else:
+                backend = LocalBackend(model)
 
-    def jobs():
-        # Reads the store (what is done) but never writes it: the loop below commits.
-        for batch in _batches(dataset, config.batch_size, has_masks):
-            take = config.sanity_images - len(sanity_pool["images"])
-            if take > 0:  # the first images are kept for the per-method metrics
-                sanity_pool["images"].extend(batch["images"][:take])
-                sanity_pool["targets"].extend(batch["targets"][:take])
-            todo = [m for m in methods if not store.is_done(m, batch["index"])]
-            bar.update(len(methods) - len(todo))
-            if todo:
-                yield batch, todo
+            n_batches = -(-config.n_images // config.batch_size)
+            bar = _progress(n_batches * len(methods), quiet, backend.label)
+            sanity_pool = {"images": [], "targets": []}
 
-    for (batch, todo), outcomes in backend.run(plan, jobs()):
-        for method in todo:
-            store_outcome(store, method, batch, outcomes[method])
-        bar.update(len(todo))
-    bar.close()
+            def jobs():
+                # Reads the store (what is done) but never writes it: the loop below commits.
+                for batch in _batches(dataset, config.batch_size, has_masks):
+                    take = config.sanity_images - len(sanity_pool["images"])
+                    if take > 0:  # the first images are kept for the per-method metrics
+                        sanity_pool["images"].extend(batch["images"][:take])
+                        sanity_pool["targets"].extend(batch["targets"][:take])
+                    todo = [m for m in methods if not store.is_done(m, batch["index"])]
+                    bar.update(len(methods) - len(todo))
+                    if todo:
+                        yield batch, todo
 
-    if sanity_pool["images"]:
-        for metric in usable:
-            if metric.per_method is not None:
-                _run_per_method(metric, store, model, methods, resolved, config.seed, sanity_pool)
-    if write_report:
-        from xai.report import write_report as _write
+            for (batch, todo), outcomes in backend.run(plan, jobs()):
+                for method in todo:
+                    store_outcome(store, method, batch, outcomes[method])
+                bar.update(len(todo))
+            bar.close()
 
-        _write(run_dir)
-    store.close()
+            if sanity_pool["images"]:
+                for metric in usable:
+                    if metric.per_method is not None:
+                        _run_per_method(metric, store, model, methods, resolved, config.seed, sanity_pool)
+            if write_report:
+                from xai.report import write_report as _write
+
+                _write(run_dir)
+        finally:
+            store.close()
     return run_dir
+
+
+def _save_run_model(model, path: Path) -> None:
+    from xai.models import save_model
+    from xai.store import FULL_DISK_ERRNOS, full_disk_message
+
+    try:
+        save_model(model, path)
+    except OSError as exc:
+        if exc.errno in FULL_DISK_ERRNOS:
+            raise StoreError(full_disk_message(path, exc)) from exc
+        raise
 
 
 def _run_per_method(metric, store, model, methods, resolved: ResolvedConfig, seed: int, pool) -> None:

@@ -1,17 +1,25 @@
 """The results store of a comparison run: one SQLite file, written batch by batch.
 
 Each (method, batch) is committed in one transaction together with its images, values,
-curves and timing, so a run killed at any moment loses at most the batch in flight, and a
-rerun skips every committed one. Only the driver process writes.
+curves and timing, so a run killed at any moment (or stopped by a full disk) loses at most
+the batch in flight, and a rerun skips every committed one. Only the driver process writes,
+in WAL mode with a busy timeout, so readers (``xai report``) never block it. A store opened
+only to read is opened read-only (``mode=ro``, or ``immutable=1`` where even that cannot
+open it), so the report of a read-only run directory still renders. Every failure of the
+file (damaged, full disk, read-only, locked) is a `StoreError` that says what to do.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
+import inspect
 import io
 import itertools
 import json
 import sqlite3
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -51,28 +59,106 @@ def _unblob(data: Optional[bytes]) -> Optional[np.ndarray]:
     return None if data is None else np.load(io.BytesIO(data), allow_pickle=False)
 
 
+#: OSError numbers that mean the disk is full (or a file size limit is reached).
+FULL_DISK_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EFBIG) if e)
+#: OSError numbers that say the environment refuses, not that xai has a bug.
+ENVIRONMENT_ERRNOS = FULL_DISK_ERRNOS | {errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO}
+#: How long a writer waits for another connection's transaction before giving up (seconds).
+BUSY_TIMEOUT = 60.0
+
+
+def _is_environmental(exc: BaseException) -> bool:
+    """A failure of the file or the disk, not a bug: these become a `StoreError`."""
+    if isinstance(exc, OSError):
+        return exc.errno in ENVIRONMENT_ERRNOS
+    # sqlite3.IntegrityError, ProgrammingError... are DatabaseErrors too, but bugs.
+    return type(exc) in (sqlite3.DatabaseError, sqlite3.OperationalError)
+
+
+def full_disk_message(where, exc: BaseException) -> str:
+    """One line for a full disk at `where` (a run directory or file)."""
+    return (f"the disk is full: cannot write {where} ({exc}). Free some space and run the same "
+            "command again; everything finished so far is kept.")
+
+
+def store_error(path: Path, exc: BaseException) -> StoreError:
+    """The `StoreError` (one line, with what to do) for a failure `exc` of the store at `path`."""
+    run_dir = path.parent
+    text = str(exc) or type(exc).__name__
+    code = getattr(exc, "sqlite_errorcode", None)
+    code = None if code is None else code & 0xFF  # the primary code of an extended one
+    if (isinstance(exc, OSError) and exc.errno in FULL_DISK_ERRNOS) or code == sqlite3.SQLITE_FULL \
+            or "database or disk is full" in text:
+        return StoreError(full_disk_message(path, exc))
+    if code == sqlite3.SQLITE_READONLY or "readonly database" in text or \
+            (isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)):
+        return StoreError(f"cannot write the results store {path}: it is read-only ({text}). Make it "
+                          "writable, or choose another --out to start the run afresh.")
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "database is locked" in text:
+        return StoreError(f"the results store {path} stayed locked by another process for "
+                          f"{BUSY_TIMEOUT:.0f} s ({text}); let it finish and run the same command again.")
+    if code in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN) or isinstance(exc, OSError):
+        return StoreError(f"cannot read or write the results store {path} ({text}): the disk may be "
+                          "full, failing or unmounted. Fix that and run the same command again.")
+    return StoreError(f"cannot use the results store {path}: it is damaged ({text}). To start this run "
+                      f"afresh, move it away (mv '{run_dir}' '{run_dir}.damaged') and run the same "
+                      "command again.")
+
+
+def _guarded(method):
+    """Turn a failure of the file or the disk inside `method` into a one-line `StoreError`."""
+    if inspect.isgeneratorfunction(method):
+        @functools.wraps(method)
+        def generator(self, *args, **kwargs):
+            try:
+                yield from method(self, *args, **kwargs)
+            except (sqlite3.DatabaseError, OSError) as exc:
+                if not _is_environmental(exc):
+                    raise
+                raise store_error(self.path, exc) from exc
+        return generator
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (sqlite3.DatabaseError, OSError) as exc:
+            if not _is_environmental(exc):
+                raise
+            raise store_error(self.path, exc) from exc
+    return wrapper
+
+
 class ResultsStore:
-    """Open (or create) ``results.sqlite`` in `run_dir` for the run with `config`."""
+    """Open (or create) ``results.sqlite`` in `run_dir` for the run with `config`.
+
+    Without `config` the store is opened to read only: read-only (``mode=ro``), or as an
+    immutable file where the directory does not even allow that.
+
+    Raises
+    ------
+    StoreError
+        The directory holds no store, the store holds another run, or it is damaged,
+        read-only (when writing), on a full disk or locked: the message says what to do.
+    """
 
     FILENAME = "results.sqlite"
 
     def __init__(self, run_dir, config: Optional[dict] = None, key: Optional[str] = None):
         self.path = Path(run_dir) / self.FILENAME
-        if config is None and not self.path.is_file():
+        self.readonly = config is None
+        if self.readonly and not self.path.is_file():
             raise StoreError(f"{self.path.parent} holds no {self.FILENAME}; is it a directory made by "
                              "xai compare?")
+        self.db = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path)
-            self.db.executescript(SCHEMA)
-            columns = {row[1] for row in self.db.execute("PRAGMA table_info(batches)")}
-            if "traceback" not in columns:  # a store written before tracebacks were kept
-                with self.db:
-                    self.db.execute("ALTER TABLE batches ADD COLUMN traceback TEXT")
-            row = self.db.execute("SELECT key, config FROM run").fetchone()
+            row = self._open_readonly() if self.readonly else self._open_for_writing()
         except (sqlite3.DatabaseError, OSError) as exc:
-            raise StoreError(f"cannot use the results store {self.path}: {exc}. Move it away (or choose "
-                             "another --out) to start the run again.") from exc
+            if self.db is not None:
+                self.db.close()
+            if not _is_environmental(exc):
+                raise
+            raise store_error(self.path, exc) from exc
         if config is not None:
             if row is None:
                 with self.db:
@@ -85,7 +171,42 @@ class ResultsStore:
             raise StoreError(f"{self.path} holds no run.")
         self.key = key if row is None else row[0]
 
+    def _open_for_writing(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT)
+        # WAL: a commit is atomic and durable, and readers never block the writer.
+        self.db.execute("PRAGMA journal_mode=WAL")
+        check = self.db.execute("PRAGMA quick_check(1)").fetchone()[0]  # damaged? before any work
+        if check != "ok":
+            raise sqlite3.DatabaseError(f"integrity check: {check}")
+        self.db.executescript(SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(batches)")}
+        if "traceback" not in columns:  # a store written before tracebacks were kept
+            with self.db:
+                self.db.execute("ALTER TABLE batches ADD COLUMN traceback TEXT")
+        self._traceback_column = "traceback"
+        return self.db.execute("SELECT key, config FROM run").fetchone()
+
+    def _open_readonly(self):
+        uri = "file:" + urllib.parse.quote(str(self.path.resolve()))
+        try:
+            self.db = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
+            row = self.db.execute("SELECT key, config FROM run").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                raise sqlite3.DatabaseError(f"{exc}; it is not a results store") from exc
+            # A read-only directory holding a WAL-mode file: sqlite cannot create the shared-memory
+            # index beside it, but an immutable file needs none (nothing can be writing to it).
+            if self.db is not None:
+                self.db.close()
+            self.db = sqlite3.connect(uri + "?immutable=1", uri=True)
+            row = self.db.execute("SELECT key, config FROM run").fetchone()
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(batches)")}
+        self._traceback_column = "traceback" if "traceback" in columns else "NULL"
+        return row
+
     @property
+    @_guarded
     def config(self) -> dict:
         return json.loads(self.db.execute("SELECT config FROM run").fetchone()[0])
 
@@ -97,17 +218,20 @@ class ResultsStore:
         self.db.executemany("INSERT OR IGNORE INTO images VALUES (?, ?, ?, ?)",
                             [(i, batch, None if l is None else int(l), int(t)) for i, l, t in images])
 
+    @_guarded
     def is_done(self, method: str, batch: int) -> bool:
         """Committed successfully; a failed batch is tried again on the next run."""
         row = self.db.execute("SELECT status FROM batches WHERE method=? AND batch=?",
                               (method, batch)).fetchone()
         return row is not None and row[0] == "done"
 
+    @_guarded
     def any_done(self, method: str) -> bool:
         """Whether at least one batch of `method` was committed successfully."""
         return self.db.execute("SELECT 1 FROM batches WHERE method=? AND status='done' LIMIT 1",
                                (method,)).fetchone() is not None
 
+    @_guarded
     def commit_batch(self, method: str, batch: int, *, n_images: int, seconds: float,
                      values: Iterable[tuple], curves: Iterable[tuple] = (),
                      examples: Iterable[tuple] = (), images: Iterable[tuple] = ()) -> None:
@@ -128,6 +252,7 @@ class ResultsStore:
             self.db.execute("INSERT OR REPLACE INTO batches VALUES (?, ?, 'done', NULL, ?, ?, NULL)",
                             (method, batch, n_images, seconds))
 
+    @_guarded
     def record_failure(self, method: str, batch: int, error: str, n_images: int,
                        traceback: Optional[str] = None, images: Iterable[tuple] = ()) -> None:
         """A failed (method, batch): a one-line `error` and the full `traceback`; the next run
@@ -137,21 +262,25 @@ class ResultsStore:
             self.db.execute("INSERT OR REPLACE INTO batches VALUES (?, ?, 'failed', ?, ?, NULL, ?)",
                             (method, batch, error, n_images, traceback))
 
+    @_guarded
     def set_extra(self, name: str, value) -> None:
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO extras VALUES (?, ?)", (name, json.dumps(value)))
 
     # -- reading -------------------------------------------------------------------
+    @_guarded
     def extra(self, name: str, default=None):
         row = self.db.execute("SELECT value FROM extras WHERE name=?", (name,)).fetchone()
         return default if row is None else json.loads(row[0])
 
+    @_guarded
     def iter_values(self):
         """(image_id, method, metric, value) rows in (method, metric, image_id) order, streamed."""
         for i, m, k, v in self.db.execute("SELECT image_id, method, metric, value FROM vals "
                                           "ORDER BY method, metric, image_id"):
             yield i, m, k, (np.nan if v is None else v)
 
+    @_guarded
     def value_arrays(self) -> dict:
         """metric -> method -> (image ids, float64 values): compact, for summaries."""
         out: dict = {}
@@ -163,6 +292,7 @@ class ResultsStore:
                 [r[2] for r in rows], np.array([np.nan if r[3] is None else r[3] for r in rows], np.float64))
         return out
 
+    @_guarded
     def curve_stats(self, metric: str) -> dict:
         """method -> (x, mean curve, std curve, n images), accumulated row by row (streamed)."""
         sums: dict = {}
@@ -181,12 +311,14 @@ class ResultsStore:
             out[method] = (x, mean, np.sqrt(var), n)
         return out
 
+    @_guarded
     def failures(self) -> list[dict]:
-        rows = self.db.execute("SELECT method, batch, error, n_images, traceback FROM batches "
-                               "WHERE status='failed' ORDER BY method, batch").fetchall()
+        rows = self.db.execute(f"SELECT method, batch, error, n_images, {self._traceback_column} FROM "
+                               "batches WHERE status='failed' ORDER BY method, batch").fetchall()
         return [{"method": m, "batch": b, "error": e, "n_images": n, "traceback": tb}
                 for m, b, e, n, tb in rows]
 
+    @_guarded
     def timings(self) -> dict:
         """method -> seconds per image over its completed batches."""
         out = {}
@@ -196,6 +328,7 @@ class ResultsStore:
             out[method] = seconds / n if n else np.nan
         return out
 
+    @_guarded
     def examples(self) -> dict:
         """image_id -> {"image", "mask", "maps": {method: map}} in id order."""
         out = {}
@@ -205,5 +338,12 @@ class ResultsStore:
             entry["maps"][method] = _unblob(m)
         return out
 
+    @_guarded
     def n_images(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+
+    @_guarded
+    def batch_counts(self) -> dict:
+        """{"done": n, "failed": n}: committed and failed (method, batch) pairs."""
+        counts = dict(self.db.execute("SELECT status, COUNT(*) FROM batches GROUP BY status").fetchall())
+        return {"done": counts.get("done", 0), "failed": counts.get("failed", 0)}
