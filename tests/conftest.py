@@ -53,3 +53,12 @@ def trained_default(cache_dir):
     accuracy = evaluate_accuracy(model, data.offline(500, 64, split="test"))
     return {"model": model, "seconds": seconds, "accuracy": accuracy,
             "path": default_model_path(DefaultModelConfig())}
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory):
+    """A small VGG16-GAP saved as a .keras file: runs on it need no trained default model."""
+    keras.utils.set_random_seed(3)
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    xai.models.save_model(xai.vgg16_gap((64, 64, 3), num_classes=2, width=0.125), path)
+    return path

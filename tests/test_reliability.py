@@ -7,7 +7,6 @@ file size limit or another user is the point; each is one process at a time.
 
 import errno
 import io
-import json
 import os
 import shutil
 import sqlite3
@@ -18,7 +17,6 @@ import threading
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -31,14 +29,6 @@ from xai.cli import main
 from xai.errors import DataError, StoreError
 from xai.runner import CompareConfig, compare
 from xai.store import ResultsStore
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    keras.utils.set_random_seed(5)
-    path = tmp_path_factory.mktemp("model") / "tiny.keras"
-    xai.models.save_model(xai.vgg16_gap((64, 64, 3), num_classes=2, width=0.125), path)
-    return path
 
 
 def _png(array) -> bytes:

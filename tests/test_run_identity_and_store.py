@@ -6,7 +6,6 @@ import math
 import shutil
 import sqlite3
 
-import keras
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -17,15 +16,6 @@ from xai.errors import ConfigError, ParameterError, StoreError
 from xai.evaluation import registry as metric_registry
 from xai.runner import CompareConfig, compare, resolve_config, run_identity, run_key
 from xai.store import ResultsStore
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    """A small VGG16-GAP saved as a file: runs need no trained default model."""
-    keras.utils.set_random_seed(3)
-    path = tmp_path_factory.mktemp("model") / "tiny.keras"
-    xai.models.save_model(xai.vgg16_gap((64, 64, 3), num_classes=2, width=0.125), path)
-    return path
 
 
 def _key(model_file, **fields):
