@@ -205,3 +205,23 @@ def test_display_helpers():
     np.testing.assert_array_equal(display.to_grey(np.full((3, 3), 7.0)), np.zeros((3, 3), np.uint8))
     fig = display.grid_figure([np.zeros((8, 8, 3))] * 2, {"a": [np.eye(8)] * 2, "b": [np.ones((8, 8))] * 2})
     assert len(fig.axes) == 2 * 5
+
+
+def test_missing_hooks_and_impossible_combinations_are_refused_at_construction(tiny_model):
+    from xai.errors import ParameterError, PluginError
+    from xai.plugin_api import PerturbationExplainer
+
+    class NoCompute(Explainer):
+        pass
+
+    class NoContribution(PerturbationExplainer):
+        def n_copies(self):
+            return 2
+
+    with pytest.raises(PluginError, match=r"NoCompute does not implement compute\(images, targets\)"):
+        NoCompute(tiny_model)
+    with pytest.raises(PluginError, match=r"does not implement contribution"):
+        NoContribution(tiny_model)
+    # Checked without a model, so `xai compare` refuses it before any work.
+    with pytest.raises(ParameterError, match="bicubic"):
+        xai.registry.get_explainer("grad_cam").resolve_params({"interpolation": "bicubic", "jit_compile": True})

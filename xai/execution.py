@@ -148,8 +148,7 @@ def store_outcome(store, method: str, batch: dict, outcome: dict) -> None:
         store.record_failure(method, batch["index"], outcome["error"], n_images,
                              traceback=outcome.get("traceback"), images=images)
         return
-    for metric, protocol in outcome["protocols"].items():
-        store.set_extra(f"protocol_{metric}", protocol)
     store.commit_batch(method, batch["index"], n_images=n_images, seconds=outcome["seconds"],
                        values=outcome["values"], curves=outcome["curves"], examples=outcome["examples"],
-                       images=images)
+                       images=images, extras={f"protocol_{metric}": protocol
+                                              for metric, protocol in outcome["protocols"].items()})

@@ -24,7 +24,7 @@ from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 import numpy as np
 
 from xai._lazy import tf
-from xai.errors import DataError, ParameterError
+from xai.errors import DataError, ParameterError, PluginError
 
 SCORES = ("loss", "probability", "logit")
 
@@ -179,19 +179,23 @@ class Explainer:
         if unknown:
             raise ParameterError(f"{owner} got unknown parameter(s) {unknown}; it takes "
                                  f"{sorted(cls.parameters)}.")
-        return {name: p.validate(owner, name, params.get(name, p.default))
-                for name, p in cls.parameters.items()}
+        resolved = {name: p.validate(owner, name, params.get(name, p.default))
+                    for name, p in cls.parameters.items()}
+        if resolved.get("interpolation") == "bicubic" and resolved.get("jit_compile"):
+            raise ParameterError(f"{owner}: interpolation='bicubic' cannot be XLA-compiled (TensorFlow "
+                                 "has no XLA kernel for ResizeBicubic); use 'bilinear' or jit_compile=False.")
+        return resolved
 
     def __init__(self, model, spec=None, **params):
         from xai.head import ModelHead
         from xai.models import model_spec, prepare_model, require_layers
 
         self.params = dict(params)
+        missing = self.missing_hooks()
+        if missing:
+            raise PluginError(f"{type(self).__name__} does not implement {' or '.join(missing)}; see "
+                              "docs/writing-a-plugin.md.")
         self.resolved = type(self).resolve_params(params)
-        if self.resolved.get("interpolation") == "bicubic" and self.resolved.get("jit_compile"):
-            raise ParameterError(f"{self.display_name}: interpolation='bicubic' cannot be XLA-compiled "
-                                 "(TensorFlow has no XLA kernel for ResizeBicubic); use 'bilinear' or "
-                                 "jit_compile=False.")
         self.model = prepare_model(model, spec)
         self.spec = model_spec(self.model)
         require_layers(self.spec, self.display_name, *self.needs)
@@ -202,6 +206,12 @@ class Explainer:
             if "score" in self.resolved:
                 self.head.check_score(self.resolved["score"])
         self._compiled: dict = {}
+
+    @classmethod
+    def missing_hooks(cls) -> list:
+        """The required hooks this class leaves unimplemented (checked at construction)."""
+        overridden = lambda name: getattr(cls, name) is not getattr(Explainer, name)  # noqa: E731
+        return [] if overridden("compute") or overridden("explain_batch") else ["compute(images, targets)"]
 
     @property
     def display_name(self) -> str:
@@ -354,6 +364,11 @@ class PerturbationExplainer(Explainer):
         The maps from the totals.
     """
 
+    @classmethod
+    def missing_hooks(cls) -> list:
+        return [f"{name}(...)" for name in ("n_copies", "contribution")
+                if getattr(cls, name) is getattr(PerturbationExplainer, name)]
+
     def n_copies(self) -> int:
         raise NotImplementedError(f"{type(self).__name__} must implement n_copies().")
 
@@ -379,13 +394,11 @@ class PerturbationExplainer(Explainer):
         return tf.tensor_scatter_nd_add(total, rows[:, None], values)
 
     def explain_batch(self, images, targets, offset: int):
-        from xai.head import batch_signature, targets_fn
+        from xai.head import batch_signature
 
         image_sig, index_sig = self.image_signature, self.index_signature
         if bool(tf.reduce_any(targets < 0)):
-            if "targets" not in self._compiled:
-                self._compiled["targets"] = targets_fn(self.head, self.spec, self.resolved["jit_compile"])
-            targets = self._compiled["targets"](images, targets)
+            targets = self.compiled("targets", self.predicted, [image_sig, index_sig])(images, targets)
         state = self.compiled("prepare", self.prepare, [image_sig, index_sig])(images, targets)
         n, n_copies, batch_size = int(images.shape[0]), self.n_copies(), self.resolved["batch_size"]
         total_sig = tf.TensorSpec((None, *self.accumulator_shape()), tf.float32)
@@ -395,21 +408,14 @@ class PerturbationExplainer(Explainer):
         for start in range(0, len(rows_all), batch_size):
             rows = tf.constant(rows_all[start:start + batch_size])
             copies = tf.constant(copies_all[start:start + batch_size])
-            args = [images, targets, state, total, rows, copies]
-            if self.draw is not None:
-                counters = (offset + rows) * n_copies + copies
-                args.append(self.compiled("draw", self.draw, [image_sig, index_sig, index_sig],
-                                          jit_compile=False)(images, rows, counters))
-            if "accumulate" not in self._compiled:
-                signature = [image_sig, index_sig, batch_signature(state), total_sig, index_sig, index_sig]
-                if self.draw is None:
-                    def accumulate(x, t, s, tot, r, c):
-                        return self._accumulate(x, t, s, tot, r, c, None)
-                else:
-                    accumulate = self._accumulate
-                    signature.append(batch_signature(args[-1]))
-                self.compiled("accumulate", accumulate, signature)
-            total = self._compiled["accumulate"](*args)
+            drawn = () if self.draw is None else (self.compiled(
+                "draw", self.draw, [image_sig, index_sig, index_sig], jit_compile=False)(
+                images, rows, (offset + rows) * n_copies + copies),)
+            accumulate = self.compiled(
+                "accumulate", lambda x, t, s, tot, r, c, *d: self._accumulate(x, t, s, tot, r, c, *(d or (None,))),
+                [image_sig, index_sig, batch_signature(state), total_sig, index_sig, index_sig,
+                 *map(batch_signature, drawn)])
+            total = accumulate(images, targets, state, total, rows, copies, *drawn)
         finalize = self.compiled("finalize", self.finalize,
                                  [image_sig, index_sig, batch_signature(state), total_sig])
         return finalize(images, targets, state, total)

@@ -168,12 +168,6 @@ def batch_signature(structure):
         lambda t: tf.TensorSpec((None, *t.shape[1:]) if t.shape.rank else (), t.dtype), structure)
 
 
-def targets_fn(head: ModelHead, spec, jit_compile: bool):
-    """Compiled (images, targets) -> targets with -1 replaced by the predicted class."""
-    return compile_fn(lambda x, t: resolve_targets(t, head(x)["probabilities"]),
-                      [image_signature(spec), index_signature()], jit_compile)
-
-
 def conv_layer(model: keras.Model, spec, layer, method: str) -> str:
     """The layer a CAM-family method reads: `layer` if named, else the declared last conv.
 

@@ -234,12 +234,15 @@ class ResultsStore:
     @_guarded
     def commit_batch(self, method: str, batch: int, *, n_images: int, seconds: float,
                      values: Iterable[tuple], curves: Iterable[tuple] = (),
-                     examples: Iterable[tuple] = (), images: Iterable[tuple] = ()) -> None:
+                     examples: Iterable[tuple] = (), images: Iterable[tuple] = (),
+                     extras: Optional[dict] = None) -> None:
         """One transaction: the batch's images (image_id, label, target), values
         (image_id, metric, value), curves (image_id, metric, x, y), example maps
-        (image_id, image, map, mask), and its status."""
+        (image_id, image, map, mask), run-level `extras` (name -> value) and its status."""
         with self.db:
             self._add_images(batch, images)
+            self.db.executemany("INSERT OR REPLACE INTO extras VALUES (?, ?)",
+                                [(k, json.dumps(v)) for k, v in (extras or {}).items()])
             self.db.executemany("INSERT OR REPLACE INTO vals VALUES (?, ?, ?, ?)",
                                 [(i, method, m, None if not np.isfinite(v) else float(v))
                                  for i, m, v in values])
