@@ -13,6 +13,7 @@ change they cause in maps and AUCs. Not part of the test suite.
     .venv-bench/bin/python benchmarks/run.py               # width 1.0, 64x64, 8 images
     .venv-bench/bin/python benchmarks/run.py --precision   # + XLA / bfloat16 table
     .venv-bench/bin/python benchmarks/run.py --size 224 --images 4
+    .venv-bench/bin/python benchmarks/run.py --model resnet50 --size 224 --images 2
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def floor_fns(model, images, targets, rows: int, jit: bool):
+def floor_fns(model, images, targets, rows: int, jit: bool, layer: str):
     """Compiled forward and forward+backward on `rows` rows, as lean as a method can be."""
     spec = tf.TensorSpec((None, *images.shape[1:]), tf.float32)
 
@@ -65,7 +66,7 @@ def floor_fns(model, images, targets, rows: int, jit: bool):
             s = tf.reduce_sum(tf.gather(p, t, batch_dims=1))
         return tape.gradient(s, x)
 
-    graph = keras.Model(model.inputs[0], [model.get_layer("block5_conv3").output, model.output])
+    graph = keras.Model(model.inputs[0], [model.get_layer(layer).output, model.output])
 
     @tf.function(input_signature=[spec, tf.TensorSpec((None,), tf.int32)], jit_compile=jit, autograph=False)
     def forward_backward_to_layer(x, t):
@@ -77,7 +78,7 @@ def floor_fns(model, images, targets, rows: int, jit: bool):
     x = tf.constant(np.resize(images, (rows, *images.shape[1:])))
     t = tf.constant(np.resize(targets, (rows,)).astype(np.int32))
     return {"fwd": lambda: forward(x).numpy(), "fwd+bwd": lambda: forward_backward(x, t).numpy(),
-            "fwd+bwd to block5_conv3": lambda: forward_backward_to_layer(x, t).numpy()}
+            "fwd+bwd to layer": lambda: forward_backward_to_layer(x, t).numpy()}
 
 
 def method_settings(args):
@@ -88,8 +89,8 @@ def method_settings(args):
     positions = len(patch_starts(args.size, patch, patch)) ** 2
     return {
         "vanilla_gradient": ({"score": "probability", "reduce": "max_abs", **n}, "fwd+bwd", 1),
-        "grad_cam": ({"score": "probability", **n}, "fwd+bwd to block5_conv3", 1),
-        "grad_cam_plus_plus": ({"score": "probability", **n}, "fwd+bwd to block5_conv3", 1),
+        "grad_cam": ({"score": "probability", **n}, "fwd+bwd to layer", 1),
+        "grad_cam_plus_plus": ({"score": "probability", **n}, "fwd+bwd to layer", 1),
         "cam": (n, "fwd", 1),
         "smoothgrad": ({"n_samples": args.samples, "score": "probability", "reduce": "max_abs", **rows},
                        "fwd+bwd", args.samples),
@@ -101,7 +102,7 @@ def method_settings(args):
     }
 
 
-def peer_cases(model, images, targets, args, settings):
+def peer_cases(model, images, targets, args, settings, layer: str):
     """(our method, peer label, callable) for every peer method installed."""
     onehot = np.eye(2, dtype=np.float32)[targets]
     cases = []
@@ -115,8 +116,8 @@ def peer_cases(model, images, targets, args, settings):
         occ = settings["occlusion"][0]
         for ours, peer in [
             ("vanilla_gradient", Saliency(model, batch_size=args.images)),
-            ("grad_cam", GradCAM(model, batch_size=args.images, conv_layer="block5_conv3")),
-            ("grad_cam_plus_plus", GradCAMPP(model, batch_size=args.images, conv_layer="block5_conv3")),
+            ("grad_cam", GradCAM(model, batch_size=args.images, conv_layer=layer)),
+            ("grad_cam_plus_plus", GradCAMPP(model, batch_size=args.images, conv_layer=layer)),
             ("smoothgrad", SmoothGrad(model, nb_samples=args.samples, batch_size=args.rows)),
             ("integrated_gradients", IntegratedGradients(model, steps=args.samples, batch_size=args.rows)),
             ("occlusion", Occlusion(model, patch_size=occ["patch_size"], patch_stride=occ["stride"],
@@ -145,11 +146,11 @@ def peer_cases(model, images, targets, args, settings):
             ("smoothgrad", "tf-keras-vis Saliency(smooth_samples)",
              lambda: saliency(score, images, smooth_samples=args.samples, normalize_map=False)),
             ("grad_cam", "tf-keras-vis Gradcam",
-             lambda: gradcam(score, images, penultimate_layer="block5_conv3", normalize_cam=False)),
+             lambda: gradcam(score, images, penultimate_layer=layer, normalize_cam=False)),
             ("grad_cam_plus_plus", "tf-keras-vis GradcamPlusPlus",
-             lambda: gradcampp(score, images, penultimate_layer="block5_conv3", normalize_cam=False)),
+             lambda: gradcampp(score, images, penultimate_layer=layer, normalize_cam=False)),
             ("score_cam", "tf-keras-vis Scorecam(max_N)",
-             lambda: scorecam(score, images, penultimate_layer="block5_conv3", max_N=args.maps,
+             lambda: scorecam(score, images, penultimate_layer=layer, max_N=args.maps,
                               batch_size=args.rows, normalize_cam=False)),
         ]
     return cases
@@ -190,18 +191,18 @@ def paired(fn, floor_fn, floor_factor: float, repeats: int) -> tuple[float, floa
     return statistics.median(ours), statistics.median(floors), statistics.median(ratios)
 
 
-def measure(model, images, targets, args, settings, jit: bool):
+def measure(model, images, targets, args, settings, jit: bool, layer: str):
     """Ours against floors on one model: {name: (seconds, floor seconds, ratio, floor text)}."""
     n = len(images)
-    single = floor_fns(model, images, targets, n, jit)
-    chunk = floor_fns(model, images, targets, args.rows, jit)
+    single = floor_fns(model, images, targets, n, jit, layer)
+    chunk = floor_fns(model, images, targets, args.rows, jit, layer)
     fns, _ = ours_fns(model, images, targets, args, settings, jit)
     results = {}
     for name, (fn, _) in fns.items():
         if name in settings:
             _, kind, passes = settings[name]
             if passes == 1:
-                floor_fn, factor, text = single[kind], 1.0, kind
+                floor_fn, factor, text = single[kind], 1.0, kind.replace("layer", layer)
             else:  # copies in full chunks of --rows rows, scaled to this method's count
                 floor_fn, factor, text = chunk[kind], n * passes / args.rows, f"{kind} x {passes} per image"
         else:
@@ -231,6 +232,8 @@ def largest_change(reference: dict, other: dict) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="vgg16_gap", choices=["vgg16_gap", "resnet50"],
+                        help="VGG16-GAP (--width scales it) or keras.applications.ResNet50 (weights=None)")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--images", type=int, default=8)
@@ -254,7 +257,14 @@ def main():
 
     keras.utils.set_random_seed(0)
     keras.utils.disable_interactive_logging()  # peers call model.predict: no progress bars
-    model = xai.vgg16_gap((args.size, args.size, 3), width=args.width)
+    if args.model == "resnet50":
+        model = keras.applications.ResNet50(weights=None, input_shape=(args.size, args.size, 3), classes=2)
+        title = f"ResNet50 (keras.applications, weights=None), {args.size}x{args.size}"
+    else:
+        model = xai.vgg16_gap((args.size, args.size, 3), width=args.width)
+        title = f"VGG16-GAP width {args.width}, {args.size}x{args.size}"
+    # The CAM family's default layer, which the layer floor and the peers use too.
+    layer = xai.models.model_spec(xai.models.prepare_model(model)).last_conv_layer
     rng = np.random.default_rng(0)
     images = rng.random((args.images, args.size, args.size, 3), dtype=np.float32)
     targets = rng.integers(0, 2, args.images).astype(np.int32)
@@ -263,10 +273,10 @@ def main():
         wanted = {w.strip() for w in args.only.split(",")}
         settings = {k: v for k, v in settings.items() if k in wanted}
     machine = f"{cpu_name()}, {os.cpu_count()} cores, TF {tf.__version__}"
-    print(f"VGG16-GAP width {args.width}, {args.size}x{args.size}, {args.images} images; {machine}")
+    print(f"{title}, {args.images} images; {machine}")
 
     ours_model = model if args.ours_precision == "float32" else with_precision(model, args.ours_precision)
-    base, fns = measure(ours_model, images, targets, args, settings, jit=False)
+    base, fns = measure(ours_model, images, targets, args, settings, jit=False, layer=layer)
     maps = xai.create_explainer("vanilla_gradient", model).explain(images, targets)
     rows = {name: {"seconds": s, "floor_seconds": f, "floor": text, "ratio_to_floor": ratio,
                    "images_per_second": args.images / s, "peers": {}}
@@ -274,7 +284,7 @@ def main():
 
     # Identical work should give identical numbers: check it while timing.
     if not args.no_peers:
-        for ours, label, fn in peer_cases(model, images, targets, args, all_settings):
+        for ours, label, fn in peer_cases(model, images, targets, args, all_settings, layer):
             if ours not in rows:
                 continue
             agreement = None
@@ -298,7 +308,7 @@ def main():
         reference = outputs(fns, images, targets)
         for label, candidate, jit in [("xla", model, True), ("bf16", with_precision(model), False),
                                       ("bf16+xla", with_precision(model), True)]:
-            timed, other_fns = measure(candidate, images, targets, args, settings, jit=jit)
+            timed, other_fns = measure(candidate, images, targets, args, settings, jit=jit, layer=layer)
             changes = largest_change(reference, outputs(other_fns, images, targets))
             for name, (seconds, _, _, _) in timed.items():
                 precision.setdefault(name, {})[label] = {
@@ -318,7 +328,7 @@ def main():
             print(f"{name:22s} " + " ".join(f"{v['speedup']:16.2f} {v['largest_change']:8.1e}" for v in p.values()))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "machine": machine, "date": time.strftime("%Y-%m-%d"),
+    out.write_text(json.dumps({"args": vars(args), "model": title, "machine": machine, "date": time.strftime("%Y-%m-%d"),
                                "rows": rows, "precision": precision}, indent=1))
     print(f"\nsaved {out}")
 

@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from xai.baselines import baseline_images, blur
 from xai.evaluation.registry import MetricInputs, MetricOutput, register_metric
-from xai.errors import DataError, ModelError, ParameterError
+from xai.errors import DataError, ParameterError
 from xai.explainer import check_images, check_targets
 from xai.head import ModelHead
 from xai.models import model_spec, prepare_model
@@ -68,8 +68,7 @@ class ModelScorer:
 
     def rows_fn(self, score: str):
         """Compiled (start, end, ranks, targets, rows, counts) -> scores, one per score kind."""
-        if score == "logit" and self.head.classifier is None:
-            raise ModelError("score='logit' needs a model with a declared classifier layer.")
+        self.head.check_score(score, "deletion/insertion")
         if score not in self._compiled:
             key = {"probability": "probabilities", "output": "output", "logit": "logits"}[score]
             image_sig = tf.TensorSpec((None, *self.spec.input_shape), tf.float32)

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 from scipy import stats
 
+from xai import _keras_internals as internals
 from xai.evaluation.registry import register_metric
 from xai.errors import ModelError, ParameterError
 from xai.explainer import Explainer, check_targets
@@ -36,14 +37,12 @@ def _explainer_class(method) -> type:
 
 
 def _graph(model: keras.Model) -> keras.Model:
-    """The functional graph behind `model` (a built Sequential keeps one in ``_functional``)."""
-    functional = getattr(model, "_functional", None)
-    graph = model if functional is None else functional
-    if not hasattr(graph, "_nodes_by_depth") or not graph.inputs:
+    """The functional graph behind `model` (a built Sequential keeps one)."""
+    graph = internals.functional_graph(model)
+    if graph is None:
         raise ModelError(
             f"sanity checkpoints are read from the layer graph of a functional or Sequential "
-            f"model built on keras.Input; {model.name!r} ({type(model).__name__}) has none. "
-            f"Pass layers= explicitly."
+            f"model; {model.name!r} ({type(model).__name__}) has none. Pass layers= explicitly."
         )
     return graph
 
@@ -51,31 +50,19 @@ def _graph(model: keras.Model) -> keras.Model:
 def _parameters(layer: keras.layers.Layer) -> list:
     """(owner, variable) for each variable `layer` or its sublayers created as trainable.
 
-    Read from ``_trainable_variables``, which keeps listing a variable after
-    ``layer.trainable = False``: a frozen (e.g. transfer-learned) base is still part of the
-    model Adebayo et al. randomise. Statistics (BatchNormalization's moving mean and
-    variance, a Normalization layer's mean) are created non-trainable and never appear.
+    A frozen (e.g. transfer-learned) base is still part of the model Adebayo et al.
+    randomise. Statistics (BatchNormalization's moving mean and variance, a Normalization
+    layer's mean) are created non-trainable and never appear.
     """
-    return [(owner, variable)
-            for owner in layer._flatten_layers(include_self=True, recursive=True)
-            for variable in owner._trainable_variables]
+    return internals.own_trainable_variables(layer)
 
 
 def _graph_order(model: keras.Model) -> list:
-    """(layer, output shape) for each layer with parameters, in graph (topological) order.
-
-    Shapes come from the model's own nodes, not ``layer.output``: a layer shared with a
-    nested original (after `flatten_model`) has more than one node, and only this graph's
-    counts.
-    """
+    """(layer, output shape) for each layer with parameters, in graph (topological) order."""
     graph = _graph(model)
-    shapes = {}
-    for nodes in graph._nodes_by_depth.values():
-        for node in nodes:
-            if node.operation is not None and not node.is_input:
-                shapes.setdefault(id(node.operation), tuple(node.outputs[0].shape))
-    return [(layer, shapes[id(layer)]) for layer in graph.layers
-            if id(layer) in shapes and _parameters(layer)]
+    edges = internals.graph_edges(graph)
+    return [(layer, edges[id(layer)][2]) for layer in graph.layers
+            if id(layer) in edges and _parameters(layer)]
 
 
 def weighted_layers_top_down(model: keras.Model) -> list[str]:

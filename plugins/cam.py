@@ -26,8 +26,11 @@ class CAM(Explainer):
 
     Raises
     ------
-    xai.errors.ModelError
-        The model has no GlobalAveragePooling2D feeding its final Dense layer.
+    xai.errors.NotApplicable
+        The model's head is not GlobalAveragePooling2D then (Dropout-like layers and) one
+        Dense layer, the architecture CAM is defined for: e.g. a LayerNormalization after
+        the pooling (ConvNeXt), Flatten and fully connected layers (VGG19), or a subclassed
+        model whose graph cannot be read. Grad-CAM generalises CAM to those.
     """
 
     parameters = {
@@ -35,7 +38,14 @@ class CAM(Explainer):
         "interpolation": Param("bilinear", choices=INTERPOLATIONS,
                                doc="Upsampling from the feature grid to the input size."),
     }
-    needs = ("feature_layer", "classifier_layer")
+    @classmethod
+    def not_applicable(cls, spec):
+        if spec.linear_head and spec.feature_layer and spec.classifier_layer:
+            return ""
+        return (f"CAM is defined for a head of global average pooling then one Dense layer; "
+                f"here {spec.head_note or 'the model declares none'}. Use Grad-CAM, which "
+                "generalises it, or name the layers with xai.models.derive_spec(model, "
+                "feature_layer=..., classifier_layer=...).")
 
     def head_layers(self):
         return [self.spec.feature_layer]
@@ -44,7 +54,7 @@ class CAM(Explainer):
         """CAM at the feature grid's resolution (h, w), before upsampling."""
         out = self.head(images)
         resolved = resolve_targets(targets, out["probabilities"])
-        weights = tf.gather(tf.transpose(self.head.classifier.kernel), resolved)  # (N, K)
+        weights = tf.gather(tf.transpose(self.head.class_weights()[0]), resolved)  # (N, K)
         features = out[self.spec.feature_layer]
         return tf.einsum("nhwk,nk->nhw", features, tf.cast(weights, features.dtype))
 

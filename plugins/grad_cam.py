@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from xai._lazy import tf
-from xai.plugin_api import INTERPOLATIONS, Explainer, Param, conv_layer
+from xai.plugin_api import INTERPOLATIONS, LAYER, Explainer, Param, conv_layer
 
 
 class GradCAM(Explainer):
@@ -18,8 +18,11 @@ class GradCAM(Explainer):
 
     Parameters
     ----------
-    layer : str or None, default None
-        Layer whose output is weighted (None: the declared last convolution).
+    layer : str, layer object or None, default None
+        Layer whose output is weighted: a name, a path ``"base/layer"`` into a nested base,
+        or the layer object (how to point at a layer of a subclassed model). None: the
+        model's ``last_conv_layer`` (the feature map its global pooling reads, or the
+        convolution just before it when only pooling separates them).
     score : {"logit", "probability", "loss"}, default "logit"
     relu : bool, default True
         The paper's ReLU; False keeps the negative evidence.
@@ -30,7 +33,7 @@ class GradCAM(Explainer):
 
     default_score = "logit"
     parameters = {
-        "layer": Param(None, str, allow_none=True, doc="Feature layer (None: last convolution)."),
+        "layer": LAYER,
         "relu": Param(True, bool, doc="Keep only positive evidence."),
         "interpolation": Param("bilinear", choices=INTERPOLATIONS,
                                doc="Upsampling from the feature grid to the input size."),
@@ -48,7 +51,7 @@ class GradCAM(Explainer):
 
     def feature_map(self, images, targets):
         """The map at the layer's resolution (h, w), before the ReLU and upsampling."""
-        activations, gradients, _ = self.layer_gradients(images, targets, self.layer)
+        activations, gradients, _ = self.layer_gradients(images, targets, self.layer.name)
         return tf.einsum("nhwk,nk->nhw", activations, self.channel_weights(activations, gradients))
 
     def compute(self, images, targets):

@@ -21,7 +21,8 @@ class GradCAMPlusPlus(GradCAM):
 
     Parameters
     ----------
-    layer : str or None, default None
+    layer : str, layer object or None, default None
+        As Grad-CAM's.
     score : {"logit", "probability", "loss"}, default "logit"
     interpolation : {"bilinear", "nearest"}, default "bilinear"
     batch_size : int, default 32

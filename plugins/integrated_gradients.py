@@ -63,7 +63,7 @@ class IntegratedGradients(PerturbationExplainer):
         return tuple(self.spec.input_shape)
 
     def prepare(self, images, targets):
-        return {"baselines": baseline_images(images, self.resolved["baseline"])}
+        return {"baselines": baseline_images(images, self.resolved["baseline"], self.spec.input_range)}
 
     def contribution(self, images, targets, state, rows, points, drawn):
         """The weighted gradients at path points `points` of images `rows`."""

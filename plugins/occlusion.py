@@ -83,7 +83,7 @@ class Occlusion(PerturbationExplainer):
 
     def prepare(self, images, targets):
         return {"clean": self.scores(images, targets),
-                "baselines": baseline_images(images, self.resolved["baseline"])}
+                "baselines": baseline_images(images, self.resolved["baseline"], self.spec.input_range)}
 
     def contribution(self, images, targets, state, rows, positions, drawn):
         masks = self._patch_masks(positions)[..., None]

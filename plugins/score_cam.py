@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from xai._lazy import tf
-from xai.plugin_api import INTERPOLATIONS, Param, PerturbationExplainer, conv_layer
+from xai.plugin_api import INTERPOLATIONS, LAYER, Param, PerturbationExplainer, conv_layer
 
 
 class ScoreCAM(PerturbationExplainer):
@@ -22,7 +22,8 @@ class ScoreCAM(PerturbationExplainer):
 
     Parameters
     ----------
-    layer : str or None, default None
+    layer : str, layer object or None, default None
+        As Grad-CAM's.
     max_maps : int or None, default None
     score : {"probability", "logit", "loss"}, default "probability"
     interpolation : {"bilinear", "nearest", "bicubic"}, default "bilinear"
@@ -32,16 +33,16 @@ class ScoreCAM(PerturbationExplainer):
 
     default_score = "probability"
     parameters = {
-        "layer": Param(None, str, allow_none=True, doc="Feature layer (None: last convolution)."),
+        "layer": LAYER,
         "max_maps": Param(None, int, low=1, allow_none=True, doc="Maps used (None: all)."),
         "interpolation": Param("bilinear", choices=INTERPOLATIONS, doc="Upsampling of the maps."),
     }
 
     def setup(self):
-        from xai.models import layer_tensors
+        from xai.models import layer_output_shapes
 
         self.layer = conv_layer(self.model, self.spec, self.resolved["layer"], self.display_name)
-        channels = int(layer_tensors(self.model, self.layer)[1].shape[-1])
+        channels = int(layer_output_shapes(self.model, [self.layer])[id(self.layer)][-1])
         self.n_maps = min(channels, self.resolved["max_maps"] or channels)
 
     def head_layers(self):
@@ -55,7 +56,7 @@ class ScoreCAM(PerturbationExplainer):
 
     def prepare(self, images, targets):
         """The `n_maps` maps used per image, (N, h, w, n_maps)."""
-        maps = tf.cast(self.head(images)[self.layer], tf.float32)
+        maps = tf.cast(self.head(images)[self.layer.name], tf.float32)
         if self.n_maps < maps.shape[-1]:
             variance = tf.math.reduce_variance(maps, axis=[1, 2])
             keep = tf.math.top_k(variance, k=self.n_maps, sorted=True).indices

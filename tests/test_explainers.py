@@ -4,7 +4,6 @@ import pytest
 import tensorflow as tf
 
 import xai
-from xai.errors import ModelError
 from xai.plugin_api import Explainer, Param
 from xai.testing import check_explainer, explainer_checks, parametrize_with_checks
 
@@ -187,14 +186,6 @@ def test_parameters_are_validated_with_teaching_messages(tiny_model):
     explainer = xai.create_explainer("smoothgrad", tiny_model, n_samples=3)
     assert explainer.params == {"n_samples": 3}  # stored exactly as given
     assert explainer.get_params()["noise_level"] == 0.15
-
-
-def test_logit_score_needs_a_classifier():
-    inputs = keras.Input((8, 8, 3))
-    x = keras.layers.Flatten()(inputs)
-    model = keras.Model(inputs, keras.layers.Softmax()(x[:, :2]))
-    with pytest.raises(ModelError, match="logit"):
-        xai.create_explainer("vanilla_gradient", model, score="logit")
 
 
 def test_display_helpers():

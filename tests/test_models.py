@@ -4,7 +4,7 @@ import pytest
 
 import xai
 from xai import models
-from xai.errors import ModelError
+from xai.errors import ModelError, NotApplicable
 
 
 def test_full_width_parameter_count_and_layer_names():
@@ -56,12 +56,13 @@ def test_keras_vgg16_nested_in_sequential_derives_layers():
 
 def test_model_without_gap_gets_clear_cam_error():
     inputs = keras.Input((32, 32, 3))
-    x = keras.layers.Conv2D(4, 3)(inputs)
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
     x = keras.layers.Flatten()(x)
     model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
     spec = models.model_spec(models.prepare_model(model))
-    assert spec.feature_layer is None and spec.classifier_layer is not None
-    with pytest.raises(ModelError, match="GlobalAveragePooling2D"):
+    # Without global pooling the CAM family reads the last 4-D output; CAM itself does not apply.
+    assert spec.feature_layer == "conv" and spec.classifier_layer is not None and not spec.linear_head
+    with pytest.raises(NotApplicable, match="no global average pooling"):
         xai.create_explainer("cam", model)
     # Gradient methods still work: they need no layer.
     maps = xai.create_explainer("vanilla_gradient", model).explain(np.zeros((1, 32, 32, 3), np.float32), [1])

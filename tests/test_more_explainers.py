@@ -28,7 +28,7 @@ def test_grad_cam_at_block5_conv3_is_relu_of_weighted_maps_over_hw(tiny_model, i
     """Each 2x2 max-pool passes its whole gradient to one position, so with the logit
     alpha_k = w[k, c] / (h * w) and Grad-CAM = ReLU(sum_k w[k, c] A_k) / (h * w)."""
     explainer = xai.create_explainer("grad_cam", tiny_model)
-    assert explainer.layer == "block5_conv3"
+    assert explainer.layer.name == "block5_conv3"
     activations = _layer_model(tiny_model, "block5_conv3")(images)[0].numpy()
     w = tiny_model.get_layer("predictions").kernel.numpy()
     h, wd = activations.shape[1:3]

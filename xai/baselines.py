@@ -3,8 +3,9 @@
 Integrated Gradients integrates from a baseline, Occlusion pastes it over patches, and
 deletion/insertion switch pixels to or from it. One vocabulary for all of them:
 
-- ``"zero"`` (alias ``"black"``): all zeros;
-- ``"white"``: all ones (the top of xai's [0, 1] input range);
+- ``"zero"``: all zeros;
+- ``"black"`` / ``"white"``: the bottom / top of the model's input range (0 and 1 for
+  [0, 1] images, 0 and 255 for a model that takes [0, 255]);
 - ``"mean"``: each image's per-channel mean;
 - ``"blur"``: RISE's substrate, a Gaussian blur (kernel 11, sigma 5, zero padding);
 - a number: that constant everywhere.
@@ -49,13 +50,15 @@ def check_baseline(owner: str, baseline) -> None:
                          f"finite number; got {baseline!r}.")
 
 
-def baseline_images(images: tf.Tensor, baseline) -> tf.Tensor:
-    """The baseline for each image of the batch, same shape and dtype (traceable)."""
+def baseline_images(images: tf.Tensor, baseline, input_range=(0.0, 1.0)) -> tf.Tensor:
+    """The baseline for each image of the batch, same shape and dtype (traceable);
+    `input_range` is the model's pixel range (`xai.models.ModelSpec.input_range`)."""
     if isinstance(baseline, str):
-        if baseline in ("zero", "black"):
+        if baseline == "zero":
             return tf.zeros_like(images)
-        if baseline == "white":
-            return tf.ones_like(images)
+        if baseline in ("black", "white"):
+            value = input_range[0] if baseline == "black" else input_range[1]
+            return tf.fill(tf.shape(images), tf.cast(value, images.dtype))
         if baseline == "mean":
             return tf.broadcast_to(tf.reduce_mean(images, axis=[1, 2], keepdims=True), tf.shape(images))
         if baseline == "blur":

@@ -198,6 +198,24 @@ def list_cmd():
         click.echo(f"{name:18s} FAILED TO LOAD: {error}", err=True)
 
 
+def _input_range(ctx, param, value):
+    """--input-range LOW,HIGH -> (low, high) or None."""
+    if value is None:
+        return None
+    try:
+        low, high = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected LOW,HIGH such as 0,255; got {value!r}.") from None
+    if not low < high:
+        raise click.BadParameter(f"LOW must be below HIGH; got {value!r}.")
+    return (low, high)
+
+
+INPUT_RANGE = click.option(
+    "--input-range", callback=_input_range, default=None, metavar="LOW,HIGH",
+    help="Pixel range the model takes, e.g. 0,255 (default: read from its first layer; see docs/models.md).")
+
+
 @main.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--method", "methods", multiple=True, default=("vanilla_gradient",), show_default=True,
@@ -207,7 +225,8 @@ def list_cmd():
 @click.option("--target", type=int, default=None, help="Class to explain (default: predicted).")
 @click.option("--param", "params", multiple=True, help="METHOD.PARAM=VALUE, e.g. smoothgrad.n_samples=20.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="PNG file to write.")
-def explain(images, methods, model, target, params, out):
+@INPUT_RANGE
+def explain(images, methods, model, target, params, out, input_range):
     """The seed's picture for each IMAGE: the image, the grey map and the overlay."""
     options = parse_params(params)  # a malformed --param fails before TensorFlow loads
     load_tensorflow()
@@ -224,17 +243,28 @@ def explain(images, methods, model, target, params, out):
         raise xai.PluginError(f"unknown method(s) {unknown}; registered: {', '.join(known)}.")
     net, _ = resolve_model(model, verbose=0)
     net = xai.models.prepare_model(net)
+    if input_range is not None:
+        import dataclasses
+
+        xai.models.attach_spec(net, dataclasses.replace(xai.models.model_spec(net), input_range=input_range))
     spec = xai.models.model_spec(net)
     if target is not None and not 0 <= target < spec.num_classes:
         raise xai.ParameterError(f"--target must be a class index from 0 to {spec.num_classes - 1} "
                                  f"(the model has {spec.num_classes} outputs); got {target}.")
-    batch = data.load_images(list(images), spec.input_shape[:2])
+    from xai.runner import describe_input
+
+    click.echo(describe_input(spec), err=True)
+    low, high = spec.input_range
+    batch = data.load_images(list(images), spec.input_shape[:2]) * np.float32(high - low) + np.float32(low)
     maps = {m: xai.create_explainer(m, net, **options.get(m, {})).explain(
         batch, None if target is None else np.full(len(batch), target)) for m in methods}
-    predicted = np.argmax(net.predict_on_batch(batch), axis=-1)
+    from xai.head import ModelHead
+
+    predicted = np.argmax(ModelHead(net)(batch)["probabilities"], axis=-1)
     names = spec.class_names or tuple(str(i) for i in range(spec.num_classes))
     figs = [display.explanation_figure(batch[i], {m: maps[m][i] for m in methods},
-                                       title=f"{Path(images[i]).name}: {names[predicted[i]]}")
+                                       title=f"{Path(images[i]).name}: {names[predicted[i]]}",
+                                       input_range=spec.input_range)
             for i in range(len(batch))]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -267,9 +297,10 @@ def explain(images, methods, model, target, params, out):
               help="Ray cluster to join: 'auto' or HOST:PORT (default: start a local one).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Ray workers (default: one per cluster node).")
+@INPUT_RANGE
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def compare(methods, dataset, model, n_images, metrics, protocol, seed, batch_size, params, out, backend,
-            address, workers, quiet):
+            address, workers, input_range, quiet):
     """Run every method on every image, score it, store the results, write the report.
 
     Rerunning the same command resumes the run: finished work is not recomputed.
@@ -287,7 +318,7 @@ def compare(methods, dataset, model, n_images, metrics, protocol, seed, batch_si
     config = CompareConfig(
         methods=names(methods), method_params=method_params, dataset=dataset, model=model,
         n_images=n_images, metrics=names(metrics), protocol=protocol, seed=seed, batch_size=batch_size,
-        out=out, backend=backend, address=address, workers=workers)
+        out=out, backend=backend, address=address, workers=workers, input_range=input_range)
     run_dir = run_compare(config, quiet=quiet)
     _summarise_run(run_dir)
     from xai.store import ResultsStore

@@ -34,14 +34,22 @@ def overlay(image: np.ndarray, saliency: np.ndarray, alpha: float = 0.5,
     return np.clip((1 - alpha) * np.asarray(image)[..., :3] + alpha * heat, 0, 1)
 
 
+def to_unit(image: np.ndarray, input_range=(0.0, 1.0)) -> np.ndarray:
+    """An image in the model's pixel range mapped to [0, 1] for display."""
+    low, high = input_range
+    return np.clip((np.asarray(image, np.float32) - low) / (high - low), 0, 1)
+
+
 def explanation_figure(image: np.ndarray, maps: Mapping[str, np.ndarray],
-                       title: Optional[str] = None) -> Figure:
-    """One image: the image, then per method its grey map and its overlay."""
+                       title: Optional[str] = None, input_range=(0.0, 1.0)) -> Figure:
+    """One image (pixel values in `input_range`): the image, then per method its grey map
+    and its overlay."""
+    image = to_unit(image, input_range)
     cols = 1 + 2 * len(maps)
     fig = Figure(figsize=(2.2 * cols, 2.6))
     axes = fig.subplots(1, cols, squeeze=False)
     axes = axes[0]
-    axes[0].imshow(np.clip(image, 0, 1))
+    axes[0].imshow(image)
     axes[0].set_title(title or "image", fontsize=9)
     for k, (name, m) in enumerate(maps.items()):
         axes[1 + 2 * k].imshow(to_grey(m), cmap="gray", vmin=0, vmax=255)
@@ -56,14 +64,17 @@ def explanation_figure(image: np.ndarray, maps: Mapping[str, np.ndarray],
 
 def grid_figure(images: Sequence[np.ndarray], maps_by_method: Mapping[str, Sequence[np.ndarray]],
                 row_titles: Optional[Sequence[str]] = None,
-                masks: Optional[Sequence[Optional[np.ndarray]]] = None) -> Figure:
-    """Images x methods: each row an image, each method a grey map and an overlay."""
+                masks: Optional[Sequence[Optional[np.ndarray]]] = None,
+                input_range=(0.0, 1.0)) -> Figure:
+    """Images x methods: each row an image (pixel values in `input_range`), each method a
+    grey map and an overlay."""
     methods = list(maps_by_method)
     rows, cols = len(images), 1 + 2 * len(methods)
     fig = Figure(figsize=(1.9 * cols, 2.0 * rows))
     axes = fig.subplots(rows, cols, squeeze=False)
     for r, image in enumerate(images):
-        axes[r, 0].imshow(np.clip(image, 0, 1))
+        image = to_unit(image, input_range)
+        axes[r, 0].imshow(image)
         if masks is not None and masks[r] is not None:
             axes[r, 0].contour(masks[r], levels=[0.5], colors="white", linewidths=0.8)
         axes[r, 0].set_title(row_titles[r] if row_titles else "image", fontsize=7)

@@ -14,6 +14,12 @@ class ModelError(XAIError):
     """A model lacks what a method needs, or cannot be loaded."""
 
 
+class NotApplicable(ModelError):
+    """A method is not defined for this model's architecture (CAM on a head that is not
+    global average pooling then one Dense layer). Reports show it as "not applicable",
+    not as a failure."""
+
+
 class DataError(XAIError):
     """A dataset, image file or batch is not what xai can use."""
 

@@ -24,7 +24,7 @@ from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 import numpy as np
 
 from xai._lazy import tf
-from xai.errors import DataError, ParameterError, PluginError
+from xai.errors import DataError, NotApplicable, ParameterError, PluginError
 
 SCORES = ("loss", "probability", "logit")
 
@@ -105,6 +105,19 @@ BATCH_SIZE = Param(32, int, low=1, affects_output=False,
                    doc="Images (or perturbed copies) per model call; bounds memory.")
 JIT_COMPILE = Param(False, bool, affects_output=False,
                     doc="Compile with XLA (faster on most hardware; results equal to rounding).")
+
+
+def check_layer_ref(owner: str, value) -> None:
+    """A layer reference is a non-empty name / path, or a keras layer object."""
+    is_layer = hasattr(value, "call") and hasattr(value, "name") and not isinstance(value, type)
+    if not (is_layer or (isinstance(value, str) and value.strip())):
+        raise ParameterError(f"{owner}: parameter 'layer' must be a layer name, a path 'base/layer' "
+                             f"into a nested base, or a keras layer object; got {value!r}.")
+
+
+#: The CAM family's feature layer (None: the model's ``last_conv_layer``).
+LAYER = Param(None, allow_none=True, check=check_layer_ref,
+              doc="Feature layer: name, 'base/layer' path or layer object (None: the model's).")
 #: Parameters the base class declares itself (see `Explainer.__init_subclass__`).
 COMMON = ("score", "batch_size", "jit_compile")
 
@@ -143,8 +156,9 @@ class Explainer:
     setup() :
         Derive what the method needs from ``self.resolved`` and ``self.spec`` before the head
         is built (raise `ParameterError` / `ModelError` here for combinations of values).
-    head_layers() -> list of str :
-        Layers whose outputs `self.head` must expose besides the class scores.
+    head_layers() -> list :
+        Layers (names, paths or layer objects) whose outputs `self.head` must expose
+        besides the class scores, under each layer's name.
     compute(images, targets) -> (n, H, W) :
         Traced once (XLA with ``jit_compile``); ``targets`` hold -1 for the predicted class.
     explain_batch(images, targets, offset) -> (n, H, W) :
@@ -198,14 +212,26 @@ class Explainer:
         self.resolved = type(self).resolve_params(params)
         self.model = prepare_model(model, spec)
         self.spec = model_spec(self.model)
+        reason = type(self).not_applicable(self.spec)
+        if reason:
+            raise NotApplicable(f"{self.display_name}: {reason}")
         require_layers(self.spec, self.display_name, *self.needs)
         self.setup()
         self.head = None
         if self.uses_model:
             self.head = ModelHead(self.model, extra_layers=self.head_layers())
             if "score" in self.resolved:
-                self.head.check_score(self.resolved["score"])
+                self.head.check_score(self.resolved["score"], self.display_name)
         self._compiled: dict = {}
+
+    @classmethod
+    def not_applicable(cls, spec) -> str:
+        """Why the method is not defined for a model with this `ModelSpec` ("" if it is).
+
+        Checked at construction (raising `NotApplicable`) and by ``xai compare`` before any
+        work, which then reports the method as "not applicable" rather than failed.
+        """
+        return ""
 
     @classmethod
     def missing_hooks(cls) -> list:
@@ -363,6 +389,15 @@ class PerturbationExplainer(Explainer):
     finalize(images, targets, state, total) -> (n, H, W) :
         The maps from the totals.
     """
+
+    @classmethod
+    def not_applicable(cls, spec) -> str:
+        """Why the method is not defined for a model with this `ModelSpec` ("" if it is).
+
+        Checked at construction (raising `NotApplicable`) and by ``xai compare`` before any
+        work, which then reports the method as "not applicable" rather than failed.
+        """
+        return ""
 
     @classmethod
     def missing_hooks(cls) -> list:

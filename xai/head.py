@@ -7,6 +7,7 @@ to get the predicted class, the logit and the feature maps.
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 from xai._lazy import keras, tf
@@ -15,67 +16,104 @@ from xai.errors import ModelError, ParameterError
 SCORES = ("loss", "probability", "logit")
 
 
-def _ends_in_softmax(model: keras.Model) -> bool:
-    producer = model.outputs[0]._keras_history[0]
-    if isinstance(producer, keras.layers.Softmax):
-        return True
-    activation = getattr(producer, "activation", None)
-    return activation is keras.activations.softmax
-
-
 class ModelHead:
-    """Callable: images (N, H, W, C) -> dict(output, probabilities, logits, *extra layers).
+    """Callable: images (N, H, W, C) -> dict(output, probabilities, logits, *extra layers),
+    each (N, classes) but the extra layers'.
 
-    ``logits`` are the classifier's pre-activation output, computed from its input and
-    weights (so a softmax Dense layer still yields logits); ``None`` when the model
-    declares no classifier layer.
+    One call of the model itself (any Keras model, subclassed included); the extra layers'
+    outputs and the classifier's input are recorded as the model runs
+    (`xai._keras_internals.capture`). Whatever the model's output (`xai.models.OUTPUTS`),
+    ``probabilities`` are (N, classes) and sum to one, and ``logits`` are each class's
+    logit: the final Dense layer's pre-activation (a softmax Dense still yields logits);
+    for a one-unit head, ``+z`` for class 1 and ``-z`` for class 0 (the log-odds of
+    each class). Where a softmax model's logits cannot be reached (a subclassed model),
+    ``logits`` are log-probabilities, which differ from them by a per-image constant.
     """
 
-    def __init__(self, model: keras.Model, extra_layers: Sequence[str] = ()):
-        from xai.models import layer_tensors, model_spec
+    def __init__(self, model: keras.Model, extra_layers: Sequence = ()):
+        from xai.models import model_spec, resolve_layer
 
+        self.model = model
         self.spec = model_spec(model)
-        self.classifier = (model.get_layer(self.spec.classifier_layer)
+        self.classifier = (resolve_layer(model, self.spec.classifier_layer)
                            if self.spec.classifier_layer else None)
         if self.classifier is not None and not isinstance(self.classifier, keras.layers.Dense):
             raise ModelError(f"classifier layer {self.spec.classifier_layer!r} must be a Dense layer.")
-        outputs = {"output": model.outputs[0]}
-        if self.classifier is not None:
-            outputs["classifier_input"] = layer_tensors(model, self.classifier.name)[0]
-        for name in extra_layers:
-            outputs[name] = layer_tensors(model, name)[1]
-        self._softmax_output = _ends_in_softmax(model)
-        self._graph = keras.Model(model.inputs, outputs, name=f"{model.name}_head")
+        self.logits_layer = (resolve_layer(model, self.spec.logits_layer)
+                             if self.spec.logits_layer else None)
+        self.layers = {layer_key(ref): resolve_layer(model, ref) for ref in extra_layers}
+        self.logits_reachable = (self.spec.output != "softmax" or self.classifier is not None
+                                 or self.logits_layer is not None)
 
     def __call__(self, images: tf.Tensor) -> dict:
         return self.forward(images)[0]
 
+    def class_weights(self):
+        """(features, classes) float32 weights and (classes,) bias of the classifier, a
+        one-unit head's ``w`` written as ``[-w, w]`` (CAM's ``w[k, c]``)."""
+        kernel = tf.cast(self.classifier.kernel, tf.float32)
+        bias = (tf.cast(self.classifier.bias, tf.float32) if self.classifier.use_bias
+                else tf.zeros([kernel.shape[-1]], tf.float32))
+        if self.spec.output in ("sigmoid", "binary_logit"):
+            return tf.concat([-kernel, kernel], axis=-1), tf.concat([-bias, bias], axis=-1)
+        return kernel, bias
+
     def forward(self, images: tf.Tensor) -> tuple[dict, dict]:
-        """(outputs cast to float32, the graph's own output tensors).
+        """(outputs cast to float32, the extra layers' own output tensors).
 
         Everything after the model is float32, whatever the model computes in (a
         mixed_bfloat16 / mixed_float16 model returns half-precision tensors); gradients
         with respect to a layer must be taken on the raw tensor, which the score uses.
         """
-        raw = dict(self._graph(images, training=False))
-        out = {name: tf.cast(value, tf.float32) for name, value in raw.items()}
-        logits = None
+        from xai._keras_internals import capture
+
+        reads_input = [l for l in (self.classifier, self.logits_layer) if l is not None]
+        with capture(outputs_of=self.layers.values(), inputs_of=reads_input) as got:
+            output = tf.cast(self.model(images, training=False), tf.float32)
+        missing = [key for key, layer in self.layers.items() if ("output", id(layer)) not in got]
+        if missing:
+            raise ModelError(f"layer(s) {missing} were not called when the model ran on the images; "
+                             "pass a layer the model's forward pass uses.")
+        raw = {key: got[("output", id(layer))] for key, layer in self.layers.items()}
+        out = {key: tf.cast(value, tf.float32) for key, value in raw.items()}
+        z = None
         if self.classifier is not None:
-            logits = tf.matmul(out.pop("classifier_input"), tf.cast(self.classifier.kernel, tf.float32))
-            if self.classifier.use_bias:
-                logits = logits + tf.cast(self.classifier.bias, tf.float32)
-        output = out["output"]
-        if self._softmax_output or logits is None:
+            features = tf.cast(got[("input", id(self.classifier))], tf.float32)
+            weights, bias = self.classifier.kernel, self.classifier.bias if self.classifier.use_bias else None
+            z = tf.matmul(features, tf.cast(weights, tf.float32))
+            if bias is not None:
+                z = z + tf.cast(bias, tf.float32)
+        elif self.logits_layer is not None:
+            z = tf.cast(got[("input", id(self.logits_layer))], tf.float32)
+        kind = self.spec.output
+        if kind == "softmax":
             probabilities = output
+            logits = z if z is not None else tf.math.log(tf.maximum(output, 1e-30))
+        elif kind == "logits":
+            probabilities, logits = tf.nn.softmax(output), output
         else:
-            probabilities = tf.nn.softmax(logits)
-        out.update(probabilities=probabilities, logits=logits)
+            if kind == "sigmoid":
+                p = output[:, 0]
+                z = z[:, 0] if z is not None else tf.math.log(tf.maximum(p, 1e-30)) - tf.math.log1p(-tf.minimum(p, 1 - 1e-7))
+            else:
+                z = output[:, 0]
+                p = tf.sigmoid(z)
+            probabilities, logits = tf.stack([1 - p, p], axis=-1), tf.stack([-z, z], axis=-1)
+            output = probabilities if kind == "sigmoid" else logits  # one column per class
+        out.update(output=output, probabilities=probabilities, logits=logits)
         return out, raw
 
-    def check_score(self, score: str) -> None:
-        if score == "logit" and self.classifier is None:
-            raise ModelError("score='logit' needs the model's classifier layer (the final Dense); "
-                             "this model declares none. Use score='probability' or 'loss'.")
+    def check_score(self, score: str, method: str = "this method") -> None:
+        if score == "logit" and not self.logits_reachable:
+            warnings.warn(
+                f"{method}: the logits of {self.model.name!r} are not reachable (its softmax is "
+                "inside a subclassed model), so score='logit' uses log-probabilities, which differ "
+                "from the logits by a constant per image.", UserWarning, stacklevel=3)
+
+
+def layer_key(ref) -> str:
+    """The name a layer's output has in a head's outputs (a name, a path, or a layer's name)."""
+    return ref if isinstance(ref, str) else ref.name
 
 
 def resolve_targets(targets: tf.Tensor, probabilities: tf.Tensor) -> tf.Tensor:
@@ -168,26 +206,28 @@ def batch_signature(structure):
         lambda t: tf.TensorSpec((None, *t.shape[1:]) if t.shape.rank else (), t.dtype), structure)
 
 
-def conv_layer(model: keras.Model, spec, layer, method: str) -> str:
-    """The layer a CAM-family method reads: `layer` if named, else the declared last conv.
+def conv_layer(model: keras.Model, spec, layer, method: str):
+    """The layer object a CAM-family method reads: `layer` (a name, a path into a nested
+    base, or a layer object) if given, else the model's ``last_conv_layer``. A head built
+    with it exposes its output under its ``name``.
 
-    Raises `ModelError` when there is none, the name is unknown, or its output is not a
+    Raises `ModelError` when there is none, it is unknown, or its output is not a
     (N, h, w, K) feature map.
     """
-    from xai.models import layer_tensors
+    from xai.models import layer_output_shapes, resolve_layer
 
     if layer is None:
         if spec.last_conv_layer is None:
-            raise ModelError(f"{method} needs a convolutional layer: this model declares no "
-                             "last_conv_layer. Pass layer='<name>' (a layer with a 4-D output).")
+            raise ModelError(f"{method} needs a feature map to weight and this model's structure "
+                             "shows none (a subclassed model has no readable graph). Pass layer=: a "
+                             "layer object (layer=model.some_conv), a name, or a path 'base/layer'.")
         layer = spec.last_conv_layer
-    names = [lay.name for lay in model.layers]
-    if layer not in names:
-        raise ModelError(f"{method}: layer {layer!r} is not in model {model.name!r}; "
-                         f"its layers are {names}.")
-    shape = layer_tensors(model, layer)[1].shape
+    obj = resolve_layer(model, layer, method)
+    shape = layer_output_shapes(model, [obj]).get(id(obj))
+    if shape is None:
+        raise ModelError(f"{method}: layer {layer_key(layer)!r} is not called when the model runs; "
+                         "pass a layer of its forward pass.")
     if len(shape) != 4:
-        raise ModelError(f"{method}: layer {layer!r} outputs shape {tuple(shape)}; it needs a "
-                         "(N, h, w, channels) feature map.")
-    return layer
-
+        raise ModelError(f"{method}: layer {layer_key(layer)!r} outputs shape {shape}; it needs a "
+                         "(N, h, w, channels) feature map. Pass layer= a convolutional layer.")
+    return obj

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import keras
 import numpy as np
 
+from xai import _keras_internals as internals
 from xai.errors import ModelError, ParameterError
 
 #: Filter counts of VGG16's 13 convolutions, block by block (Simonyan & Zisserman 2015).
@@ -34,6 +35,15 @@ _SPEC_ATTR = "_xai_spec"
 _SIDECAR_SUFFIX = ".xai.json"
 
 
+#: What a model's output is, and how xai reads class probabilities and logits from it.
+OUTPUTS = {
+    "softmax": "class probabilities (softmax)",
+    "logits": "class logits (probability = their softmax)",
+    "sigmoid": "one sigmoid unit, the probability of class 1 (class 0: 1 - p)",
+    "binary_logit": "one unit, the logit z of class 1 (probability sigmoid(z); class 0: -z)",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """What explainers and metrics need to know about a classifier.
@@ -41,17 +51,34 @@ class ModelSpec:
     Attributes
     ----------
     input_shape : tuple of int
-        (H, W, C) of one input image. Images are float32 in [0, 1].
+        (H, W, C) of one input image.
     num_classes : int
+        Classes scored (2 for a one-unit sigmoid or binary-logit head).
     feature_layer : str or None
-        Layer whose output the global average pooling averages (CAM's ``f_k``).
+        The feature map the head's global pooling reads (CAM's ``f_k``); without global
+        pooling, the last layer with a 4-D output on which the output depends.
     last_conv_layer : str or None
-        Last convolution before ``feature_layer`` (for Grad-CAM-style methods).
+        Grad-CAM-style methods' default layer: the convolution behind ``feature_layer``
+        when only pooling separates them (VGG: ``block5_conv3`` before ``block5_pool``),
+        else ``feature_layer`` itself.
     classifier_layer : str or None
-        The Dense layer on top of the pooling; its pre-activation output is the logit.
+        The final Dense layer; its pre-activation output is the logit.
+    output : str
+        One of `OUTPUTS`.
+    logits_layer : str or None
+        A final softmax/sigmoid activation layer whose input is the logit, for models whose
+        logits come from something other than a Dense layer.
+    linear_head : bool
+        GlobalAveragePooling2D, then only Dropout-like layers, then ``classifier_layer``:
+        the head CAM is defined for.
+    head_note : str
+        Why the head is not linear (for CAM's refusal), empty when it is.
+    input_range : (float, float)
+        Pixel values the model takes: (0, 1) unless its first layer rescales (a
+        ``Rescaling(1/255)`` or an ImageNet ``Normalization`` means (0, 255)).
     preprocessing : str
-        ``"none"`` (the model takes [0, 1] images as they are) or ``"caffe"`` (a
-        `VGGPreprocess` layer inside the model maps [0, 1] RGB to VGG16's ImageNet input).
+        ``"caffe"`` when a `VGGPreprocess` layer inside the model maps [0, 1] RGB to
+        VGG16's ImageNet input, else ``"none"``.
     class_names : tuple of str
     """
 
@@ -60,6 +87,11 @@ class ModelSpec:
     feature_layer: Optional[str] = None
     last_conv_layer: Optional[str] = None
     classifier_layer: Optional[str] = None
+    output: str = "softmax"
+    logits_layer: Optional[str] = None
+    linear_head: bool = False
+    head_note: str = ""
+    input_range: tuple[float, float] = (0.0, 1.0)
     preprocessing: str = "none"
     class_names: tuple[str, ...] = ()
 
@@ -71,6 +103,9 @@ class ModelSpec:
         data = dict(data)
         data["input_shape"] = tuple(data["input_shape"])
         data["class_names"] = tuple(data.get("class_names", ()))
+        data["input_range"] = tuple(data.get("input_range", (0.0, 1.0)))
+        if "linear_head" not in data:  # written before round 2: both set meant GAP -> Dense
+            data["linear_head"] = bool(data.get("feature_layer") and data.get("classifier_layer"))
         return cls(**data)
 
 
@@ -175,6 +210,7 @@ def vgg16_gap(
         feature_layer="block5_pool",
         last_conv_layer="block5_conv3",
         classifier_layer="predictions",
+        linear_head=True,
         preprocessing="caffe" if weights == "imagenet" else "none",
         class_names=tuple(class_names),
     )
@@ -210,113 +246,227 @@ def attach_spec(model: keras.Model, spec: ModelSpec) -> keras.Model:
     return model
 
 
-def _producer(tensor):
-    return tensor._keras_history[0]
-
-
-def _graph_inputs(model: keras.Model) -> dict:
-    """Map each layer of `model`'s own graph to the layers feeding it.
-
-    Read from the model's nodes, not `layer.input`: after `flatten_model` a layer shared
-    with the nested original has a second inbound node, and only this graph's counts.
-    """
-    feeding = {}
-    for nodes in model._nodes_by_depth.values():
-        for node in nodes:
-            if node.operation is not None and not node.is_input:
-                feeding[id(node.operation)] = [_producer(t) for t in node.input_tensors]
-    return feeding
-
-
 _PASS_THROUGH = (
     keras.layers.Dropout,
-    keras.layers.Activation,
-    keras.layers.Softmax,
-    keras.layers.ReLU,
-    keras.layers.BatchNormalization,
-    keras.layers.Flatten,
+    keras.layers.SpatialDropout2D,
+    keras.layers.GaussianDropout,
+    keras.layers.GaussianNoise,
+    keras.layers.ActivityRegularization,
+    keras.layers.Identity,
 )
+_GLOBAL_POOLING = (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)
 
 
-def layer_tensors(model: keras.Model, name: str):
-    """(input, output) symbolic tensors of layer `name` in `model`'s own graph."""
-    layer = model.get_layer(name)
-    for nodes in model._nodes_by_depth.values():
-        for node in nodes:
-            if node.operation is layer and not node.is_input:
-                return node.input_tensors[0], node.outputs[0]
-    raise ModelError(f"layer {name!r} is not connected in model {model.name!r}.")
+def _activation(layer) -> Optional[str]:
+    """"softmax" / "sigmoid" for a layer that ends in one, "linear" for a linear Dense /
+    Activation, None for anything else."""
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    if isinstance(layer, (keras.layers.Dense, keras.layers.Activation)):
+        fn = getattr(layer, "activation", None)
+        for name in ("softmax", "sigmoid", "linear"):
+            if fn is getattr(keras.activations, name):
+                return name
+    return None
+
+
+def _input_range(first_layers) -> tuple[float, float]:
+    """The pixel range a model's first layer implies: [0, 255] before ``Rescaling(1/255)``
+    (or ``1/127.5, offset -1``) and before a ``Normalization`` with ImageNet-scale means."""
+    for layer in first_layers:
+        if isinstance(layer, keras.layers.Rescaling):
+            scale = float(np.mean(layer.scale))
+            offset = float(np.mean(layer.offset))
+            if scale > 0:
+                low, high = (0.0, 1.0) if abs(offset) < 1e-6 else (-1.0, 1.0)
+                return (float(round((low - offset) / scale, 4)), float(round((high - offset) / scale, 4)))
+        if isinstance(layer, keras.layers.Normalization) and layer.built:
+            mean = np.asarray(keras.ops.convert_to_numpy(layer.mean))
+            if mean.size and float(np.max(mean)) > 2.0:
+                return (0.0, 255.0)
+    return (0.0, 1.0)
+
+
+def _probe_output(model, input_shape, input_range) -> str:
+    """Which of `OUTPUTS` an opaque model returns, read from one call on random images."""
+    low, high = input_range
+    images = np.random.default_rng(0).uniform(low, high, (2, *input_shape)).astype(np.float32)
+    out = np.asarray(keras.ops.convert_to_numpy(model(images, training=False)), np.float64)
+    if out.ndim != 2:
+        raise ModelError(f"the model's output must be class scores (N, classes); it returned "
+                         f"shape {out.shape}.")
+    in_unit = bool(np.all((out >= 0) & (out <= 1)))
+    if out.shape[1] == 1:
+        return "sigmoid" if in_unit else "binary_logit"
+    return "softmax" if in_unit and np.allclose(out.sum(axis=1), 1.0, atol=1e-3) else "logits"
+
+
+def _check_output_shape(output_shape, name) -> int:
+    if len(output_shape) != 1 or output_shape[0] is None or output_shape[0] < 1:
+        raise ModelError(f"the model's output must be class scores (num_classes,); {name!r} "
+                         f"outputs {output_shape!r}.")
+    return max(2, int(output_shape[0]))
 
 
 def derive_spec(model: keras.Model, *, feature_layer=None, last_conv_layer=None,
-                classifier_layer=None, class_names=()) -> ModelSpec:
-    """Read a model's structure: the Dense on the output fed by a GlobalAveragePooling2D.
+                classifier_layer=None, output=None, input_range=None, input_shape=None,
+                class_names=()) -> ModelSpec:
+    """Read what methods need from a model's structure (see `ModelSpec`).
 
-    Layers named explicitly win over what the structure says. A layer the structure
-    does not provide stays ``None``; methods that need it raise `ModelError` naming it.
+    Functional and Sequential models are read from their layer graph. A subclassed model
+    has none: its output kind is read from one call, and the CAM family needs ``layer=``
+    (a layer object). Arguments given explicitly win over what the structure says.
     """
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
+    if output is not None and output not in OUTPUTS:
+        raise ParameterError(f"output must be one of {sorted(OUTPUTS)}; got {output!r}.")
+    if input_range is not None:
+        input_range = check_range(input_range)
+    graph = internals.functional_graph(model)
+    if graph is None:
+        return _opaque_spec(model, output=output, input_range=input_range, input_shape=input_shape,
+                            class_names=class_names)
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise ModelError(
             f"xai explains models with one image input and one class-score output; "
-            f"{model.name!r} has {len(model.inputs)} inputs and {len(model.outputs)} outputs."
+            f"{model.name!r} has {len(graph.inputs)} inputs and {len(graph.outputs)} outputs."
         )
-    input_shape = tuple(model.inputs[0].shape[1:])
-    output_shape = tuple(model.outputs[0].shape[1:])
-    if len(input_shape) != 3 or None in input_shape:
-        raise ModelError(
-            f"the model's input must be a fixed-size image (H, W, C); it is {input_shape!r}."
-        )
-    if len(output_shape) != 1 or output_shape[0] is None or output_shape[0] < 2:
-        raise ModelError(
-            f"the model's output must be class scores (num_classes,), num_classes >= 2; "
-            f"it is {output_shape!r}."
-        )
-
-    names = {layer.name for layer in model.layers}
+    shape = tuple(graph.inputs[0].shape[1:])
+    if len(shape) != 3 or None in shape:
+        raise ModelError(f"the model's input must be a fixed-size image (H, W, C); it is {shape!r}.")
+    num_classes = _check_output_shape(tuple(graph.outputs[0].shape[1:]), model.name)
+    names = {layer.name for layer in graph.layers}
     for label, value in (("feature_layer", feature_layer), ("last_conv_layer", last_conv_layer),
                          ("classifier_layer", classifier_layer)):
         if value is not None and value not in names:
             raise ModelError(f"{label}={value!r} is not a layer of model {model.name!r}.")
 
-    feeding = _graph_inputs(model)
+    edges = internals.graph_edges(graph)
 
-    def _single_input_producer(layer):
-        inbound = feeding.get(id(layer), [])
+    def feeding(layer):
+        return edges[id(layer)][1] if id(layer) in edges else []
+
+    def single(layer):
+        inbound = feeding(layer)
         return inbound[0] if len(inbound) == 1 else None
 
-    found_classifier = found_features = found_conv = None
-    layer = _producer(model.outputs[0])
-    while isinstance(layer, _PASS_THROUGH):
-        layer = _single_input_producer(layer)
-    if isinstance(layer, keras.layers.Dense):
-        found_classifier = layer
-        pooled = _single_input_producer(layer)
-        while isinstance(pooled, keras.layers.Dropout):
-            pooled = _single_input_producer(pooled)
-        if isinstance(pooled, keras.layers.GlobalAveragePooling2D):
-            found_features = _single_input_producer(pooled)
+    # The output side: optional final activation, then the Dense whose pre-activation is the logit.
+    last = internals.producer(graph.outputs[0])
+    layer, activation, logits_from = last, None, None
+    while layer is not None:
+        kind = _activation(layer)
+        if isinstance(layer, (keras.layers.Activation, keras.layers.Softmax)) and kind:
+            if kind != "linear" and activation is None:
+                activation, logits_from = kind, layer
+            layer = single(layer)
+        elif isinstance(layer, _PASS_THROUGH):
+            layer = single(layer)
+        else:
+            break
+    found_classifier = layer if isinstance(layer, keras.layers.Dense) else None
+    if found_classifier is not None and activation is None and _activation(found_classifier) != "linear":
+        activation = _activation(found_classifier)
+    if found_classifier is None and activation is None and _activation(last) is None:
+        found_output = _probe_output(model, shape, input_range or (0.0, 1.0))
+    elif activation == "softmax":
+        found_output = "softmax"
+    elif activation == "sigmoid":
+        if int(graph.outputs[0].shape[-1]) != 1:
+            raise ModelError(f"{model.name!r} ends in {int(graph.outputs[0].shape[-1])} sigmoid units "
+                             "(a multi-label head); xai explains single-label classifiers: a softmax, "
+                             "logits, or one sigmoid unit.")
+        found_output = "sigmoid"
+    else:
+        found_output = "logits" if int(graph.outputs[0].shape[-1]) > 1 else "binary_logit"
+    if activation is None or found_classifier is not None:
+        logits_from = None
+
+    # The feature side: what the last global pooling the output depends on reads.
+    ancestors, stack = set(), [last]
+    while stack:
+        layer = stack.pop()
+        if id(layer) not in ancestors:
+            ancestors.add(id(layer))
+            stack.extend(feeding(layer))
+    upstream = [layer for layer in graph.layers if id(layer) in ancestors]
+    poolings = [layer for layer in upstream if isinstance(layer, _GLOBAL_POOLING)]
+    found_features, linear, note = None, False, ""
+    if poolings:
+        pooling = poolings[-1]
+        found_features = single(pooling)
+        between = single(found_classifier) if found_classifier is not None else None
+        while isinstance(between, _PASS_THROUGH):
+            between = single(between)
+        linear = (between is pooling and isinstance(pooling, keras.layers.GlobalAveragePooling2D)
+                  and not pooling.keepdims)
+        if not linear:
+            note = (f"{type(pooling).__name__} {pooling.name!r} does not feed the final Dense layer "
+                    "directly" if found_classifier is not None else
+                    f"the output is not a Dense layer on {pooling.name!r}")
+            if isinstance(pooling, keras.layers.GlobalMaxPooling2D):
+                note = f"the head pools with GlobalMaxPooling2D {pooling.name!r}, not an average"
+    else:
+        four_d = [layer for layer in upstream if id(layer) in edges and len(edges[id(layer)][2]) == 4] \
+            if upstream else []
+        found_features = four_d[-1] if four_d else None
+        note = "the head has no global average pooling"
     start = model.get_layer(feature_layer) if feature_layer else found_features
-    walker = start
-    while walker is not None and not isinstance(walker, keras.layers.InputLayer):
+    found_conv, walker = start, start
+    while isinstance(walker, (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D) + _PASS_THROUGH):
+        walker = single(walker)
         if isinstance(walker, keras.layers.Conv2D):
             found_conv = walker
-            break
-        if not isinstance(walker, (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
-                          + _PASS_THROUGH):
-            break
-        walker = _single_input_producer(walker)
 
     def name_of(layer):
         return None if layer is None else layer.name
 
-    preprocessing = "caffe" if any(isinstance(l, VGGPreprocess) for l in model.layers) else "none"
+    first = [layer for layer in upstream if any(isinstance(p, keras.layers.InputLayer) for p in feeding(layer))]
+    preprocessing = "caffe" if any(isinstance(l, VGGPreprocess) for l in graph.layers) else "none"
     return ModelSpec(
-        input_shape=tuple(int(d) for d in input_shape),
-        num_classes=int(output_shape[0]),
+        input_shape=tuple(int(d) for d in shape),
+        num_classes=num_classes,
         feature_layer=feature_layer or name_of(found_features),
         last_conv_layer=last_conv_layer or name_of(found_conv),
         classifier_layer=classifier_layer or name_of(found_classifier),
+        output=output or found_output,
+        logits_layer=name_of(logits_from),
+        linear_head=linear or bool(feature_layer and classifier_layer),
+        head_note="" if linear or (feature_layer and classifier_layer) else note,
+        input_range=input_range or ((0.0, 1.0) if preprocessing == "caffe" else _input_range(first)),
         preprocessing=preprocessing,
+        class_names=tuple(class_names),
+    )
+
+
+def check_range(value) -> tuple[float, float]:
+    """(low, high) as floats, or a `ParameterError` saying what an input range is."""
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ParameterError(f"input_range must be two numbers (low, high); got {value!r}.") from None
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise ParameterError(f"input_range must be finite with low < high; got {value!r}.")
+    return (low, high)
+
+
+def _opaque_spec(model, *, output, input_range, input_shape, class_names) -> ModelSpec:
+    """The spec of a model without a layer graph (subclassed): from its build shape and one call."""
+    shape = input_shape or internals.built_input_shape(model)
+    if shape is not None and input_shape is None:
+        shape = shape[1:]
+    if shape is None:
+        raise ModelError(
+            f"model {model.name!r} ({type(model).__name__}) has no layer graph and has not been "
+            "called yet, so its input size is unknown; call it once on a batch of images first.")
+    shape = tuple(int(d) if d is not None else None for d in shape)
+    if len(shape) != 3 or None in shape:
+        raise ModelError(f"the model's input must be a fixed-size image (H, W, C); it is {shape!r}.")
+    input_range = input_range or (0.0, 1.0)
+    found = output or _probe_output(model, shape, input_range)
+    probe = np.zeros((1, *shape), np.float32)
+    num_classes = _check_output_shape(tuple(model(probe, training=False).shape[1:]), model.name)
+    return ModelSpec(
+        input_shape=shape, num_classes=num_classes, output=found, input_range=input_range,
+        head_note=f"{type(model).__name__} is subclassed: its layer graph cannot be read",
         class_names=tuple(class_names),
     )
 
@@ -331,32 +481,41 @@ def _is_nested(model: keras.Model) -> bool:
     return any(isinstance(layer, keras.Model) for layer in model.layers)
 
 
+def _needs_flattening(model) -> bool:
+    return isinstance(model, keras.Sequential) or (
+        internals.functional_graph(model) is not None and _is_nested(model))
+
+
 def flatten_model(model: keras.Model) -> keras.Model:
-    """Rebuild a model whose layers include sub-models as one flat functional graph.
+    """One flat functional graph for a Sequential model or one with nested sub-models.
 
     The leaf layers are reused (shared weights, same names), so
     ``flatten_model(m).get_layer("block5_conv3")`` reaches into a VGG16 nested inside a
-    Sequential, which is the form many tutorials (and the seed's CAM post) build.
+    Sequential, which is the form many tutorials (and the seed's CAM post) build. A
+    subclassed model (no graph) is returned as it is; one nested in a graph stays one
+    opaque layer.
     """
-    if not _is_nested(model):
+    if not _needs_flattening(model):
         return model
-    if not model.inputs:
-        raise ModelError(f"model {model.name!r} is not built; call it on a batch first.")
+    graph = internals.functional_graph(model)
+    if graph is None:
+        raise ModelError(f"model {model.name!r} is not built; call it on a batch of images first "
+                         "(or start it with keras.Input).")
 
     def run(sub, x):
         if isinstance(sub, keras.Sequential):
             for layer in sub.layers:
                 x = run(layer, x) if isinstance(layer, keras.Model) else layer(x)
             return x
-        if isinstance(sub, keras.Model):
+        if internals.functional_graph(sub) is not None:
             def op_fn(op):
                 if isinstance(op, keras.Model):
                     return lambda *args, **kwargs: run(op, args[0])
                 return op
-            return sub._run_through_graph(x, operation_fn=op_fn)
+            return internals.run_through_graph(sub, x, op_fn)
         return sub(x)
 
-    inputs = keras.Input(shape=model.inputs[0].shape[1:], name="image")
+    inputs = keras.Input(shape=graph.inputs[0].shape[1:], name="image")
     outputs = run(model, inputs)
     if isinstance(outputs, (list, tuple)):
         outputs = outputs[0]
@@ -368,17 +527,65 @@ def flatten_model(model: keras.Model) -> keras.Model:
 
 
 def prepare_model(model, spec: Optional[ModelSpec] = None) -> keras.Model:
-    """Return a flat model with a `ModelSpec` attached; load it first if a path is given."""
+    """Return the model as methods run it, with a `ModelSpec` attached; load it first if a
+    path is given. Sequential and nested models become one flat graph (same layers);
+    subclassed models are used as they are."""
     if isinstance(model, (str, os.PathLike)):
         model = load_model(model)
     if not isinstance(model, keras.Model):
         raise ParameterError(
             f"model must be a keras.Model or a path to a .keras file; got {type(model).__name__}.")
-    if getattr(model, _SPEC_ATTR, None) is not None and spec is None and not _is_nested(model):
+    if getattr(model, _SPEC_ATTR, None) is not None and spec is None and not _needs_flattening(model):
         return model
     flat = flatten_model(model)
     attach_spec(flat, spec or getattr(model, _SPEC_ATTR, None) or derive_spec(flat))
     return flat
+
+
+def resolve_layer(model: keras.Model, ref, method: str = "xai"):
+    """The layer object `ref` names in `model`: a layer object, a name, or a path
+    ``"base/block5_conv3"`` into a nested base.
+
+    Raises `ModelError` saying what to pass when there is no such layer.
+    """
+    if isinstance(ref, keras.Operation):
+        return ref
+    if not isinstance(ref, str) or not ref:
+        raise ParameterError(f"{method}: layer must be a layer name, a path 'base/layer' or a "
+                             f"keras layer object; got {ref!r}.")
+    parts = ref.split("/")
+    for candidate in (parts, parts[-1:]):  # flattened models keep the leaf names only
+        layer = model
+        try:
+            for part in candidate:
+                layer = layer.get_layer(part)
+            return layer
+        except (ValueError, AttributeError):
+            continue
+    # Keras ops in a functional graph (a residual ``x + y`` is an `Add` op named "add_17")
+    # are operations, not layers: get_layer cannot see them.
+    for operation in getattr(model, "operations", ()):
+        if operation.name == parts[-1]:
+            return operation
+    names = [layer.name for layer in model.layers]
+    shown = names if len(names) <= 12 else names[:4] + ["..."] + names[-8:]
+    hint = (" This model is subclassed, so pass the layer object itself (layer=model.some_layer)."
+            if internals.functional_graph(model) is None else "")
+    raise ModelError(f"{method}: layer {ref!r} is not in model {model.name!r}; its layers are "
+                     f"{shown}.{hint}")
+
+
+def layer_output_shapes(model: keras.Model, layers) -> dict:
+    """``id(layer) -> output shape`` of each layer when `model` runs on one image.
+
+    Read from one eager call, so it works for every kind of model; a layer the forward
+    pass never calls is missing from the result.
+    """
+    spec = model_spec(model)
+    probe = np.full((1, *spec.input_shape), spec.input_range[0], np.float32)
+    with internals.capture(outputs_of=layers) as got:
+        model(probe, training=False)
+    return {key[1]: tuple(value.shape) for key, value in got.items()}
 
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")

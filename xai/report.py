@@ -120,7 +120,8 @@ def write_report(run_dir) -> Path:
         if complete:
             fig = display.grid_figure([examples[i]["image"] for i in complete],
                                       {m: [examples[i]["maps"][m] for i in complete] for m in methods},
-                                      row_titles=complete, masks=[examples[i]["mask"] for i in complete])
+                                      row_titles=complete, masks=[examples[i]["mask"] for i in complete],
+                                      input_range=tuple(store.config.get("input_range", (0.0, 1.0))))
             figures.append({"title": "Examples (grey map and overlay; white outline = object mask)",
                             "file": "figures/examples.png",
                             "data": _png(fig, figures_dir / "examples.png")})
@@ -135,7 +136,8 @@ def write_report(run_dir) -> Path:
     context = {
         "config": config, "table": table, "figures": figures, "failures": store.failures(),
         "sanity": sanity, "protocols": protocols, "metric_info": metric_info(),
-        "skipped": store.extra("skipped_metrics", {}), "n_images": store.n_images(),
+        "skipped": store.extra("skipped_metrics", {}),
+        "not_applicable": store.extra("not_applicable", {}), "n_images": store.n_images(),
         "timings": store.timings(), "resumed_with": store.extra("resumed_with", []), "fmt": _fmt, "run_id": run_dir.name,
         "sanity_layers": next((r["layers"] for r in sanity.values() if "layers" in r), []),
     }
@@ -156,7 +158,9 @@ def write_report(run_dir) -> Path:
     with open(run_dir / "results.json", "w") as fh:
         head = json.dumps({
             "config": config, "summary": [{k: clean(v) for k, v in r.items()} for r in table],
-            "sanity": sanity, "failures": store.failures(), "protocols": protocols, "values": []}, indent=1)
+            "sanity": sanity, "failures": store.failures(),
+            "not_applicable": store.extra("not_applicable", {}), "protocols": protocols, "values": []},
+            indent=1)
         fh.write(head[:head.rindex("[]")] + "[")
         for n, (i, m, k, v) in enumerate(store.iter_values()):
             fh.write(("," if n else "") + "\n  " + json.dumps(

@@ -57,6 +57,9 @@ class CompareConfig:
     batch_size: int = 16
     n_examples: int = 4
     sanity_images: int = 8
+    # None: read from the model (see docs/models.md). Not a key field of its own: the
+    # range the model is fed joins the run's identity through the model's spec.
+    input_range: Optional[tuple] = dataclasses.field(default=None, metadata={"identity": False})
     out: str = _provenance("xai-runs")
     backend: str = _provenance("local")  # "local" or "ray"
     address: Optional[str] = _provenance(None)  # Ray: None starts a local cluster, "auto" or HOST:PORT joins one
@@ -79,6 +82,10 @@ class ResolvedConfig:
 
 def resolve_config(config: CompareConfig) -> ResolvedConfig:
     """Check everything a user can get wrong before any work; raise an `XAIError` if not."""
+    if config.input_range is not None:
+        from xai.models import check_range
+
+        check_range(config.input_range)
     from xai import evaluation as ev
     from xai.evaluation import registry as metric_registry
     from xai.registry import get_explainer, list_explainers
@@ -169,6 +176,8 @@ def run_identity(resolved: ResolvedConfig, model_info: dict, spec) -> dict:
     identity["model"] = {"digest": model_info["digest"]}
     identity["dataset"] = _dataset_identity(config.dataset)[0]
     identity["input_shape"] = list(spec.input_shape)
+    if tuple(spec.input_range) != (0.0, 1.0):  # only then: earlier runs keep their keys
+        identity["input_range"] = list(spec.input_range)
     identity["class_names"] = list(spec.class_names)
     return identity
 
@@ -225,14 +234,19 @@ def _progress(total: int, quiet: bool, desc: str):
     return tqdm(total=total, desc=desc, disable=quiet or not sys.stderr.isatty(), leave=False)
 
 
-def _batches(dataset, batch_size: int, has_masks: bool):
-    """Batches as plain dicts of numpy arrays; decoding overlaps the model's work."""
+def _batches(dataset, batch_size: int, has_masks: bool, input_range=(0.0, 1.0)):
+    """Batches as plain dicts of numpy arrays, images in the model's input range (the
+    datasets give [0, 1]); decoding overlaps the model's work."""
     import tensorflow as tf
 
+    low, high = input_range
     for index, batch in enumerate(dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)):
         labels = batch["label"].numpy()
+        images = batch["image"].numpy()
+        if (low, high) != (0.0, 1.0):
+            images = images * np.float32(high - low) + np.float32(low)
         yield {"index": index, "ids": [i.decode() for i in batch["id"].numpy()],
-               "images": batch["image"].numpy(), "labels": labels, "targets": labels.astype(np.int32),
+               "images": images, "labels": labels, "targets": labels.astype(np.int32),
                "masks": batch["mask"].numpy() if has_masks else None}
 
 
@@ -294,17 +308,22 @@ def compare(config: CompareConfig = CompareConfig(), *, quiet: bool = False,
     """
     from xai import data as xdata
     from xai.evaluation import registry as metric_registry
-    from xai.models import model_spec, prepare_model
+    from xai.models import attach_spec, model_spec, prepare_model
     from xai.store import ResultsStore
 
     resolved = resolve_config(config)
     model, model_info = resolve_model(config.model, verbose=0 if quiet else 1)
     model = prepare_model(model)
+    if config.input_range is not None:
+        model = attach_spec(model, dataclasses.replace(model_spec(model), input_range=tuple(
+            float(v) for v in config.input_range)))
     spec = model_spec(model)
     dataset = xdata.load_dataset(config.dataset, n_images=config.n_images,
                                  image_size=spec.input_shape[0], seed=config.seed,
                                  num_classes=spec.num_classes)
     check_classes(dataset, spec, config.dataset)
+    if not quiet:
+        print(describe_input(spec), file=sys.stderr)
     identity = run_identity(resolved, model_info, spec)
     key = run_key(identity)
     run_dir = Path(config.out) / key
@@ -322,7 +341,17 @@ def compare(config: CompareConfig = CompareConfig(), *, quiet: bool = False,
                                                 for m in metrics if m not in usable})
             store.set_extra("class_names", list(dataset.class_names))
 
-            methods = list(resolved.methods)
+            # A method not defined for this architecture (CAM without a GAP -> Dense head) is
+            # reported as such, not run batch after batch to fail.
+            from xai.registry import get_explainer
+
+            not_applicable = {m: reason for m in resolved.methods
+                              if (reason := get_explainer(m).not_applicable(spec))}
+            store.set_extra("not_applicable", not_applicable)
+            methods = [m for m in resolved.methods if m not in not_applicable]
+            for method, reason in not_applicable.items():
+                if not quiet:
+                    print(f"{method}: not applicable to this model ({reason})", file=sys.stderr)
             plan = WorkPlan(methods=methods, method_params=resolved.method_params,
                             metrics=[m.name for m in usable if m.per_batch is not None],
                             protocol=config.protocol, n_examples=config.n_examples)
@@ -340,7 +369,7 @@ def compare(config: CompareConfig = CompareConfig(), *, quiet: bool = False,
 
             def jobs():
                 # Reads the store (what is done) but never writes it: the loop below commits.
-                for batch in _batches(dataset, config.batch_size, has_masks):
+                for batch in _batches(dataset, config.batch_size, has_masks, spec.input_range):
                     take = config.sanity_images - len(sanity_pool["images"])
                     if take > 0:  # the first images are kept for the per-method metrics
                         sanity_pool["images"].extend(batch["images"][:take])
@@ -367,6 +396,14 @@ def compare(config: CompareConfig = CompareConfig(), *, quiet: bool = False,
         finally:
             store.close()
     return run_dir
+
+
+def describe_input(spec) -> str:
+    """One line saying what the model is fed: size, pixel range and output kind."""
+    low, high = spec.input_range
+    return (f"Feeding the model {spec.input_shape[0]}x{spec.input_shape[1]} images with pixel "
+            f"values in [{low:g}, {high:g}] (its input range; see docs/models.md); it outputs "
+            f"{spec.output} over {spec.num_classes} classes.")
 
 
 def _save_run_model(model, path: Path) -> None:
