@@ -59,6 +59,8 @@ class Metric:
     per_batch: Optional[Callable[[MetricInputs], MetricOutput]] = None
     per_method: Optional[Callable[..., dict]] = None
     needs_masks: bool = False
+    #: Reads the model's layer graph (which a subclassed model does not have).
+    needs_layer_graph: bool = False
     uses_protocol: bool = False
     #: In the default metric set of `xai compare`.
     default: bool = True
@@ -77,15 +79,16 @@ _discovered = False
 
 
 def register_metric(name: str, *, higher_is_better: bool, description: str, kind: str = "per_batch",
-                    needs_masks: bool = False, uses_protocol: bool = False, default: bool = True,
-                    order: int = 100):
+                    needs_masks: bool = False, needs_layer_graph: bool = False,
+                    uses_protocol: bool = False, default: bool = True, order: int = 100):
     """Decorator: register `fn` as metric `name` (``kind``: "per_batch" or "per_method")."""
     if kind not in ("per_batch", "per_method"):
         raise ValueError(f"kind must be 'per_batch' or 'per_method'; got {kind!r}.")
 
     def decorate(fn):
         _METRICS[name] = Metric(name=name, higher_is_better=higher_is_better, description=description,
-                                needs_masks=needs_masks, uses_protocol=uses_protocol, default=default,
+                                needs_masks=needs_masks, needs_layer_graph=needs_layer_graph,
+                                uses_protocol=uses_protocol, default=default,
                                 order=order, **{kind: fn})
         return fn
     return decorate

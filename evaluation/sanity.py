@@ -312,7 +312,7 @@ def random_logit(method, model, images, targets, *, params: Optional[dict] = Non
     return spearman_per_image(explainer.explain(images, t), explainer.explain(images, other.astype(np.int32)))
 
 
-@register_metric("sanity", higher_is_better=False, kind="per_method", order=50,
+@register_metric("sanity", higher_is_better=False, kind="per_method", order=50, needs_layer_graph=True,
                  description="Spearman correlation of maps after cascading randomisation and for "
                              "a random class (Adebayo et al. 2018); near 0 = sensitive to the model")
 def _sanity_metric(method, model, images, targets, *, params=None, seed: int = 0) -> dict:

@@ -39,7 +39,7 @@ class CAM(Explainer):
                                doc="Upsampling from the feature grid to the input size."),
     }
     @classmethod
-    def not_applicable(cls, spec):
+    def not_applicable(cls, spec, params):
         if spec.linear_head and spec.feature_layer and spec.classifier_layer:
             return ""
         return (f"CAM is defined for a head of global average pooling then one Dense layer; "

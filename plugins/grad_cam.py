@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from xai._lazy import tf
-from xai.plugin_api import INTERPOLATIONS, LAYER, Explainer, Param, conv_layer
+from xai.plugin_api import INTERPOLATIONS, LAYER, Explainer, Param, conv_layer, no_feature_layer
 
 
 class GradCAM(Explainer):
@@ -38,6 +38,10 @@ class GradCAM(Explainer):
         "interpolation": Param("bilinear", choices=INTERPOLATIONS,
                                doc="Upsampling from the feature grid to the input size."),
     }
+
+    @classmethod
+    def not_applicable(cls, spec, params):
+        return no_feature_layer(spec, params)
 
     def setup(self):
         self.layer = conv_layer(self.model, self.spec, self.resolved["layer"], self.display_name)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from xai._lazy import tf
-from xai.plugin_api import INTERPOLATIONS, LAYER, Param, PerturbationExplainer, conv_layer
+from xai.plugin_api import INTERPOLATIONS, LAYER, Param, PerturbationExplainer, conv_layer, no_feature_layer
 
 
 class ScoreCAM(PerturbationExplainer):
@@ -37,6 +37,10 @@ class ScoreCAM(PerturbationExplainer):
         "max_maps": Param(None, int, low=1, allow_none=True, doc="Maps used (None: all)."),
         "interpolation": Param("bilinear", choices=INTERPOLATIONS, doc="Upsampling of the maps."),
     }
+
+    @classmethod
+    def not_applicable(cls, spec, params):
+        return no_feature_layer(spec, params)
 
     def setup(self):
         from xai.models import layer_output_shapes

@@ -95,8 +95,12 @@ def test_cam_applies_to_graphs_and_refuses_a_subclassed_model(four_ways):
                                reference, rtol=1e-5)
     with pytest.raises(NotApplicable, match="subclassed"):
         xai.create_explainer("cam", kinds["subclassed"])
-    with pytest.raises(ModelError, match="layer object"):
+    with pytest.raises(NotApplicable, match="pass its layer"):
         xai.create_explainer("grad_cam", kinds["subclassed"])
+    # A subclassed model's tracked layers can be named too (how the command line passes one).
+    by_name = xai.create_explainer("grad_cam", kinds["subclassed"], layer="c2", score="probability")
+    reference = xai.create_explainer("grad_cam", kinds["functional"], score="probability")
+    np.testing.assert_allclose(by_name.explain(images), reference.explain(images), rtol=1e-4, atol=1e-7)
 
 
 def test_unbuilt_models_are_refused_with_what_to_do():
@@ -139,6 +143,15 @@ def test_heads_give_probabilities_and_logits_by_definition(kind, output):
         np.testing.assert_allclose(out["logits"], z, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(out["probabilities"], tf.nn.softmax(z), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.sum(out["probabilities"], axis=1), 1.0, rtol=1e-6)
+
+
+def test_a_softmax_layer_on_any_tensor_takes_its_input_as_logits():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Flatten()(inputs)
+    model = keras.Model(inputs, keras.layers.Softmax()(x[:, :2] * 3.0))
+    images = np.random.default_rng(6).random((2, 8, 8, 3)).astype(np.float32)
+    out = ModelHead(models.prepare_model(model))(images)
+    np.testing.assert_allclose(out["logits"], images.reshape(2, -1)[:, :2] * 3.0, rtol=1e-6)
 
 
 def test_a_subclassed_softmax_uses_log_probabilities_for_the_logit_and_says_so():
@@ -274,6 +287,34 @@ def test_input_range_is_read_from_the_first_layer(first, expected):
     assert models.derive_spec(model, input_range=(-1, 1)).input_range == (-1.0, 1.0)
 
 
+def test_input_range_looks_through_augmentation_and_nested_preprocessing():
+    augment = keras.Sequential([keras.layers.RandomFlip("horizontal"), keras.layers.RandomRotation(0.1)],
+                               name="data_augmentation")
+    inputs = keras.Input((S, S, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(augment(inputs))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, name="conv")(x))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+    assert models.model_spec(models.prepare_model(model)).input_range == (0.0, 255.0)
+
+
+def test_a_spec_derived_from_a_nested_model_names_the_layers_methods_see():
+    model, _ = _nested()
+    spec = models.derive_spec(model, input_range=(-1, 1))
+    assert spec.last_conv_layer == "inner_conv" and spec.input_range == (-1.0, 1.0)
+    maps = xai.create_explainer("grad_cam", model, spec=spec).explain(_images(1, -1, 1))
+    assert maps.shape == (1, S, S) and np.isfinite(maps).all()
+
+
+def test_images_on_another_scale_than_the_model_are_warned_about():
+    model, _ = _nested()
+    explainer = xai.create_explainer("vanilla_gradient", model)
+    with pytest.warns(UserWarning, match=r"images reach 255 .*\[0, 1\]"):
+        explainer.explain(np.full((1, S, S, 3), 255.0, np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        explainer.explain(_images(1))
+
+
 def test_black_and_white_baselines_follow_the_input_range():
     images = tf.constant(_images(1, 0, 255))
     assert float(tf.reduce_max(baseline_images(images, "white", (0.0, 255.0)))) == 255.0
@@ -331,10 +372,14 @@ def test_cli_explain_and_compare_on_models_saved_by_keras(tmp_path):
         assert f"pixel values in {low_high}" in result.output, result.output
 
         out = tmp_path / f"runs_{name}"
+        # On the subclassed model: Grad-CAM without layer= and the sanity checks (which read the
+        # layer graph) are not run, and say why; elsewhere sanity would be too slow for this test.
+        extra = (["--methods", "cam,grad_cam,vanilla_gradient,rise", "--metrics", "deletion,insertion,sanity"]
+                 if name == "subclassed" else ["--methods", "cam,vanilla_gradient,rise",
+                                               "--metrics", "deletion,insertion"])
         result = CliRunner().invoke(main, [
             "compare", "--model", str(path), "--n-images", "4", "--batch-size", "4", "--quiet",
-            "--methods", "cam,vanilla_gradient,rise", "--param", "rise.n_masks=8",
-            "--metrics", "deletion,insertion", "--out", str(out), *told])
+            "--param", "rise.n_masks=8", "--out", str(out), *extra, *told])
         assert result.exit_code == 0, (name, result.output)
         run = next(out.glob("*/report.md")).parent
         assert json.loads((run / "results.json").read_text())["config"].get("input_range") == \
@@ -345,3 +390,8 @@ def test_cli_explain_and_compare_on_models_saved_by_keras(tmp_path):
             assert "Not applicable" not in report
         else:  # no GAP -> Dense head, or no readable graph: CAM is listed, not failed
             assert re.search(r"## Not applicable\s+- cam: CAM is defined for", report), report
+        if name == "subclassed":
+            assert "- grad_cam: grad_cam: it weights a feature map" not in report  # said once
+            assert re.search(r"- grad_cam: it weights a feature map .*--param METHOD.layer=NAME", report)
+            results = json.loads((run / "results.json").read_text())
+            assert "subclassed" in results["skipped_metrics"]["sanity"] and results["sanity"] == {}

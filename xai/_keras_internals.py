@@ -11,6 +11,7 @@ deep inside a run. pyproject.toml bounds keras to the versions this was tested o
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Iterable, Iterator, Optional
 
 
@@ -85,6 +86,11 @@ def own_trainable_variables(layer) -> list:
 
 # -- reading a layer's tensors during a forward pass ---------------------------------------
 
+#: Held while hooks are installed: two threads running one model must not see (or remove)
+#: each other's hooks. Inside a `tf.function` the block only runs while tracing.
+_HOOKS = threading.RLock()
+
+
 @contextlib.contextmanager
 def capture(outputs_of: Iterable = (), inputs_of: Iterable = ()) -> Iterator[dict]:
     """Record layers' outputs (and first inputs) while the model runs inside the block.
@@ -103,6 +109,7 @@ def capture(outputs_of: Iterable = (), inputs_of: Iterable = ()) -> Iterator[dic
     for layer in inputs_of:
         wanted.setdefault(id(layer), [layer, False, False])[2] = True
     patched = []
+    _HOOKS.acquire()
     for layer, want_output, want_input in wanted.values():
         original = layer.call
 
@@ -126,4 +133,5 @@ def capture(outputs_of: Iterable = (), inputs_of: Iterable = ()) -> Iterator[dic
                 object.__setattr__(layer, "call", original)
             else:
                 del layer.__dict__["call"]
+        _HOOKS.release()
 

@@ -38,6 +38,17 @@ def blur(images: tf.Tensor, kernel_size: int = 11, sigma: float = 5.0) -> tf.Ten
     return tf.nn.depthwise_conv2d(images, k, strides=[1, 1, 1, 1], padding="SAME")
 
 
+def check_range(value) -> tuple[float, float]:
+    """A model's pixel range (low, high) as floats, or a `ParameterError` saying what one is."""
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ParameterError(f"input_range must be two numbers (low, high); got {value!r}.") from None
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise ParameterError(f"input_range must be finite with low < high; got {value!r}.")
+    return (low, high)
+
+
 def check_baseline(owner: str, baseline) -> None:
     """Raise a ParameterError naming the allowed baselines when `baseline` is none of them."""
     if isinstance(baseline, str):

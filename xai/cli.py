@@ -202,13 +202,13 @@ def _input_range(ctx, param, value):
     """--input-range LOW,HIGH -> (low, high) or None."""
     if value is None:
         return None
+    from xai.baselines import check_range  # no TensorFlow: options fail before it loads
+    from xai.errors import ParameterError
+
     try:
-        low, high = (float(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected LOW,HIGH such as 0,255; got {value!r}.") from None
-    if not low < high:
-        raise click.BadParameter(f"LOW must be below HIGH; got {value!r}.")
-    return (low, high)
+        return check_range(value.split(","))
+    except ParameterError as exc:
+        raise click.BadParameter(f"expected LOW,HIGH such as 0,255 ({exc})") from None
 
 
 INPUT_RANGE = click.option(
@@ -356,6 +356,7 @@ def metrics():
     for m in metric_registry.metrics():
         direction = "higher is better" if m.higher_is_better else "lower is better"
         needs = ", ".join(n for n, flag in (("masks", m.needs_masks), ("the explainer", m.needs_explainer),
+                                            ("a layer graph", m.needs_layer_graph),
                                             ("--protocol", m.uses_protocol)) if flag)
         kind = "cost, always measured" if m.is_cost else ("default" if m.default else "opt-in")
         click.echo(f"{m.name:18s} {direction:17s} [{kind}{'; needs ' + needs if needs else ''}]  {m.description}")

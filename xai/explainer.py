@@ -212,7 +212,7 @@ class Explainer:
         self.resolved = type(self).resolve_params(params)
         self.model = prepare_model(model, spec)
         self.spec = model_spec(self.model)
-        reason = type(self).not_applicable(self.spec)
+        reason = type(self).not_applicable(self.spec, self.resolved)
         if reason:
             raise NotApplicable(f"{self.display_name}: {reason}")
         require_layers(self.spec, self.display_name, *self.needs)
@@ -225,8 +225,9 @@ class Explainer:
         self._compiled: dict = {}
 
     @classmethod
-    def not_applicable(cls, spec) -> str:
-        """Why the method is not defined for a model with this `ModelSpec` ("" if it is).
+    def not_applicable(cls, spec, params: Mapping[str, Any]) -> str:
+        """Why the method cannot run on a model with this `ModelSpec` with these resolved
+        parameters ("" if it can).
 
         Checked at construction (raising `NotApplicable`) and by ``xai compare`` before any
         work, which then reports the method as "not applicable" rather than failed.
@@ -391,8 +392,9 @@ class PerturbationExplainer(Explainer):
     """
 
     @classmethod
-    def not_applicable(cls, spec) -> str:
-        """Why the method is not defined for a model with this `ModelSpec` ("" if it is).
+    def not_applicable(cls, spec, params: Mapping[str, Any]) -> str:
+        """Why the method cannot run on a model with this `ModelSpec` with these resolved
+        parameters ("" if it can).
 
         Checked at construction (raising `NotApplicable`) and by ``xai compare`` before any
         work, which then reports the method as "not applicable" rather than failed.
@@ -481,7 +483,26 @@ def check_images(images, spec) -> np.ndarray:
     if not np.all(np.isfinite(x)):
         bad = int(np.sum(~np.isfinite(x).all(axis=(1, 2, 3))))
         raise DataError(f"images contain NaN or infinite values ({bad} image(s)).")
+    _warn_if_out_of_range(x, tuple(getattr(spec, "input_range", (0.0, 1.0))))
     return x
+
+
+def _warn_if_out_of_range(x: np.ndarray, input_range) -> None:
+    """Images on another scale than the model's range ([0, 255] fed to a [0, 1] model, or the
+    reverse) still produce maps, wrong ones: say so."""
+    import warnings
+
+    low, high = input_range
+    top = float(x.max())
+    if high - low <= 2.5 and top > 2 * high + 1:
+        hint = f"images reach {top:g} but the model's input range reads as [{low:g}, {high:g}]"
+    elif high - low >= 100 and 0 < top <= 1.0:
+        hint = f"images are all within [0, 1] but the model's input range reads as [{low:g}, {high:g}]"
+    else:
+        return
+    warnings.warn(f"{hint}: scale the images, or declare the range with xai.models.derive_spec("
+                  "model, input_range=(low, high)) passed as spec= (--input-range on the command line).",
+                  UserWarning, stacklevel=3)
 
 
 def check_targets(targets, n: int, num_classes: int) -> np.ndarray:

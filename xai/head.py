@@ -71,6 +71,7 @@ class ModelHead:
         with capture(outputs_of=self.layers.values(), inputs_of=reads_input) as got:
             output = tf.cast(self.model(images, training=False), tf.float32)
         missing = [key for key, layer in self.layers.items() if ("output", id(layer)) not in got]
+        missing += [layer.name for layer in reads_input if ("input", id(layer)) not in got]
         if missing:
             raise ModelError(f"layer(s) {missing} were not called when the model ran on the images; "
                              "pass a layer the model's forward pass uses.")
@@ -204,6 +205,15 @@ def batch_signature(structure):
     """Signature of a nest of per-image tensors with the batch axis left free."""
     return tf.nest.map_structure(
         lambda t: tf.TensorSpec((None, *t.shape[1:]) if t.shape.rank else (), t.dtype), structure)
+
+
+def no_feature_layer(spec, params) -> str:
+    """The CAM family's `not_applicable`: no ``layer`` given and none the structure shows."""
+    if params.get("layer") is None and spec.last_conv_layer is None:
+        return ("it weights a feature map and this model's structure shows none (a subclassed "
+                "model has no readable graph); pass its layer: layer=model.some_conv in Python, "
+                "--param METHOD.layer=NAME on the command line.")
+    return ""
 
 
 def conv_layer(model: keras.Model, spec, layer, method: str):

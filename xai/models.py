@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from xai import _keras_internals as internals
+from xai.baselines import check_range
 from xai.errors import ModelError, ParameterError
 
 #: Filter counts of VGG16's 13 convolutions, block by block (Simonyan & Zisserman 2015).
@@ -270,10 +271,24 @@ def _activation(layer) -> Optional[str]:
     return None
 
 
-def _input_range(first_layers) -> tuple[float, float]:
-    """The pixel range a model's first layer implies: [0, 255] before ``Rescaling(1/255)``
-    (or ``1/127.5, offset -1``) and before a ``Normalization`` with ImageNet-scale means."""
-    for layer in first_layers:
+def _is_augmentation(layer) -> bool:
+    """Keras' random augmentation layers (RandomFlip, RandomRotation, ...): identity at inference."""
+    return type(layer).__name__.startswith("Random") and type(layer).__module__.startswith("keras")
+
+
+def _input_range(first_layers, consumers) -> tuple[float, float]:
+    """The pixel range a model's first layers imply: [0, 255] before ``Rescaling(1/255)``
+    (or ``1/127.5, offset -1``) and before a ``Normalization`` with ImageNet-scale means.
+    Augmentation layers in front (the tutorials' ``data_augmentation``) are looked through."""
+    layers, seen = list(first_layers), set()
+    while layers:
+        layer = layers.pop(0)
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if _is_augmentation(layer) or isinstance(layer, _PASS_THROUGH):
+            layers.extend(consumers(layer))
+            continue
         if isinstance(layer, keras.layers.Rescaling):
             scale = float(np.mean(layer.scale))
             offset = float(np.mean(layer.offset))
@@ -290,7 +305,10 @@ def _input_range(first_layers) -> tuple[float, float]:
 def _probe_output(model, input_shape, input_range) -> str:
     """Which of `OUTPUTS` an opaque model returns, read from one call on random images."""
     low, high = input_range
-    images = np.random.default_rng(0).uniform(low, high, (2, *input_shape)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    images = np.concatenate([  # plain and extreme images, so a logit rarely stays inside [0, 1]
+        rng.uniform(low, high, (4, *input_shape)), np.full((1, *input_shape), low),
+        np.full((1, *input_shape), high), rng.choice([low, high], (2, *input_shape))]).astype(np.float32)
     out = np.asarray(keras.ops.convert_to_numpy(model(images, training=False)), np.float64)
     if out.ndim != 2:
         raise ModelError(f"the model's output must be class scores (N, classes); it returned "
@@ -321,6 +339,8 @@ def derive_spec(model: keras.Model, *, feature_layer=None, last_conv_layer=None,
         raise ParameterError(f"output must be one of {sorted(OUTPUTS)}; got {output!r}.")
     if input_range is not None:
         input_range = check_range(input_range)
+    if _needs_flattening(model):  # a nested base's layers by their own names, as methods see them
+        model = flatten_model(model)
     graph = internals.functional_graph(model)
     if graph is None:
         return _opaque_spec(model, output=output, input_range=input_range, input_shape=input_shape,
@@ -334,7 +354,7 @@ def derive_spec(model: keras.Model, *, feature_layer=None, last_conv_layer=None,
     if len(shape) != 3 or None in shape:
         raise ModelError(f"the model's input must be a fixed-size image (H, W, C); it is {shape!r}.")
     num_classes = _check_output_shape(tuple(graph.outputs[0].shape[1:]), model.name)
-    names = {layer.name for layer in graph.layers}
+    names = {op.name for op in getattr(graph, "operations", graph.layers)}
     for label, value in (("feature_layer", feature_layer), ("last_conv_layer", last_conv_layer),
                          ("classifier_layer", classifier_layer)):
         if value is not None and value not in names:
@@ -409,7 +429,7 @@ def derive_spec(model: keras.Model, *, feature_layer=None, last_conv_layer=None,
             if upstream else []
         found_features = four_d[-1] if four_d else None
         note = "the head has no global average pooling"
-    start = model.get_layer(feature_layer) if feature_layer else found_features
+    start = resolve_layer(model, feature_layer) if feature_layer else found_features
     found_conv, walker = start, start
     while isinstance(walker, (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D) + _PASS_THROUGH):
         walker = single(walker)
@@ -420,6 +440,10 @@ def derive_spec(model: keras.Model, *, feature_layer=None, last_conv_layer=None,
         return None if layer is None else layer.name
 
     first = [layer for layer in upstream if any(isinstance(p, keras.layers.InputLayer) for p in feeding(layer))]
+
+    def consumers(layer):
+        return [other for other in upstream if layer in feeding(other)]
+
     preprocessing = "caffe" if any(isinstance(l, VGGPreprocess) for l in graph.layers) else "none"
     return ModelSpec(
         input_shape=tuple(int(d) for d in shape),
@@ -431,21 +455,10 @@ def derive_spec(model: keras.Model, *, feature_layer=None, last_conv_layer=None,
         logits_layer=name_of(logits_from),
         linear_head=linear or bool(feature_layer and classifier_layer),
         head_note="" if linear or (feature_layer and classifier_layer) else note,
-        input_range=input_range or ((0.0, 1.0) if preprocessing == "caffe" else _input_range(first)),
+        input_range=input_range or ((0.0, 1.0) if preprocessing == "caffe" else _input_range(first, consumers)),
         preprocessing=preprocessing,
         class_names=tuple(class_names),
     )
-
-
-def check_range(value) -> tuple[float, float]:
-    """(low, high) as floats, or a `ParameterError` saying what an input range is."""
-    try:
-        low, high = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ParameterError(f"input_range must be two numbers (low, high); got {value!r}.") from None
-    if not (np.isfinite(low) and np.isfinite(high) and low < high):
-        raise ParameterError(f"input_range must be finite with low < high; got {value!r}.")
-    return (low, high)
 
 
 def _opaque_spec(model, *, output, input_range, input_shape, class_names) -> ModelSpec:
@@ -664,5 +677,9 @@ def load_model(path) -> keras.Model:
         raise ModelError(f"could not load model {str(path)!r}: {exc}") from exc
     sidecar = Path(str(path) + _SIDECAR_SUFFIX)
     if sidecar.is_file():
-        attach_spec(model, ModelSpec.from_json(json.loads(sidecar.read_text())))
+        data = json.loads(sidecar.read_text())
+        spec = ModelSpec.from_json(data)
+        if "output" not in data:  # written before heads other than softmax were told apart
+            spec = dataclasses.replace(spec, output=derive_spec(model).output)
+        attach_spec(model, spec)
     return model

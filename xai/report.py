@@ -159,7 +159,8 @@ def write_report(run_dir) -> Path:
         head = json.dumps({
             "config": config, "summary": [{k: clean(v) for k, v in r.items()} for r in table],
             "sanity": sanity, "failures": store.failures(),
-            "not_applicable": store.extra("not_applicable", {}), "protocols": protocols, "values": []},
+            "not_applicable": store.extra("not_applicable", {}),
+            "skipped_metrics": store.extra("skipped_metrics", {}), "protocols": protocols, "values": []},
             indent=1)
         fh.write(head[:head.rindex("[]")] + "[")
         for n, (i, m, k, v) in enumerate(store.iter_values()):

@@ -83,7 +83,7 @@ class ResolvedConfig:
 def resolve_config(config: CompareConfig) -> ResolvedConfig:
     """Check everything a user can get wrong before any work; raise an `XAIError` if not."""
     if config.input_range is not None:
-        from xai.models import check_range
+        from xai.baselines import check_range
 
         check_range(config.input_range)
     from xai import evaluation as ev
@@ -308,6 +308,7 @@ def compare(config: CompareConfig = CompareConfig(), *, quiet: bool = False,
     """
     from xai import data as xdata
     from xai.evaluation import registry as metric_registry
+    from xai import _keras_internals as internals
     from xai.models import attach_spec, model_spec, prepare_model
     from xai.store import ResultsStore
 
@@ -336,9 +337,13 @@ def compare(config: CompareConfig = CompareConfig(), *, quiet: bool = False,
 
             has_masks = "mask" in dataset.element_spec
             metrics = [metric_registry.get_metric(m) for m in resolved.metrics]
-            usable = [m for m in metrics if has_masks or not m.needs_masks]
-            store.set_extra("skipped_metrics", {m.name: "the dataset has no ground-truth masks"
-                                                for m in metrics if m not in usable})
+            has_graph = internals.functional_graph(model) is not None
+            skipped = {m.name: "the dataset has no ground-truth masks" for m in metrics
+                       if m.needs_masks and not has_masks}
+            skipped.update({m.name: "the model is subclassed: its layers cannot be read in order"
+                            for m in metrics if m.needs_layer_graph and not has_graph})
+            usable = [m for m in metrics if m.name not in skipped]
+            store.set_extra("skipped_metrics", skipped)
             store.set_extra("class_names", list(dataset.class_names))
 
             # A method not defined for this architecture (CAM without a GAP -> Dense head) is
@@ -346,7 +351,7 @@ def compare(config: CompareConfig = CompareConfig(), *, quiet: bool = False,
             from xai.registry import get_explainer
 
             not_applicable = {m: reason for m in resolved.methods
-                              if (reason := get_explainer(m).not_applicable(spec))}
+                              if (reason := get_explainer(m).not_applicable(spec, resolved.method_params[m]))}
             store.set_extra("not_applicable", not_applicable)
             methods = [m for m in resolved.methods if m not in not_applicable]
             for method, reason in not_applicable.items():

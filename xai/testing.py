@@ -82,7 +82,9 @@ class _Case:
     @functools.cached_property
     def batch(self):
         rng = np.random.default_rng(self.seed)
-        images = rng.random((self.n_images, *self.spec.input_shape), dtype=np.float32)
+        low, high = self.spec.input_range
+        images = np.float32(low) + np.float32(high - low) * rng.random(
+            (self.n_images, *self.spec.input_shape), dtype=np.float32)
         targets = rng.integers(0, self.spec.num_classes, size=self.n_images).astype(np.int32)
         return images, targets
 
