@@ -57,12 +57,20 @@ def test_every_config_field_is_identity_unless_declared_provenance(model_file):
                             {"digest": "d", "kind": "file", "path": "/some/where/model.keras"},
                             xai.models.model_spec(xai.models.load_model(model_file)))
     fields = {f.name: f.metadata.get("identity", True) for f in dataclasses.fields(CompareConfig)}
-    assert {name for name, kept in fields.items() if not kept} == {"out", "backend", "address", "workers"}
+    via_spec = {f.name for f in dataclasses.fields(CompareConfig) if f.metadata.get("via") == "spec"}
+    assert {name for name, kept in fields.items() if not kept} - via_spec == {"out", "backend", "address",
+                                                                               "workers"}
+    assert via_spec == {"input_range"}  # reaches the identity as the model's spec (below)
     expected = {name for name, kept in fields.items() if kept} - {"method_params"}
     assert expected <= set(identity)
     assert identity["model"] == {"digest": "d"}  # the file's digest, never its path
     assert "versions" not in identity and "/some/where" not in json.dumps(identity)
     assert str(model_file) not in json.dumps(identity)
+    assert "input_range" not in identity  # [0, 1]: earlier runs keep their keys
+    spec = dataclasses.replace(xai.models.model_spec(xai.models.load_model(model_file)), input_range=(0.0, 255.0))
+    wide = run_identity(resolve_config(CompareConfig(model=str(model_file), input_range=(0, 255))),
+                        {"digest": "d", "kind": "file", "path": "/some/where/model.keras"}, spec)
+    assert wide["input_range"] == [0.0, 255.0] and run_key(wide) != run_key(identity)
 
 
 def test_bad_configuration_is_refused_before_any_work(model_file):

@@ -59,7 +59,7 @@ class CompareConfig:
     sanity_images: int = 8
     # None: read from the model (see docs/models.md). Not a key field of its own: the
     # range the model is fed joins the run's identity through the model's spec.
-    input_range: Optional[tuple] = dataclasses.field(default=None, metadata={"identity": False})
+    input_range: Optional[tuple] = dataclasses.field(default=None, metadata={"identity": False, "via": "spec"})
     out: str = _provenance("xai-runs")
     backend: str = _provenance("local")  # "local" or "ray"
     address: Optional[str] = _provenance(None)  # Ray: None starts a local cluster, "auto" or HOST:PORT joins one
