@@ -109,29 +109,27 @@ def capture(outputs_of: Iterable = (), inputs_of: Iterable = ()) -> Iterator[dic
     for layer in inputs_of:
         wanted.setdefault(id(layer), [layer, False, False])[2] = True
     patched = []
-    _HOOKS.acquire()
-    for layer, want_output, want_input in wanted.values():
-        original = layer.call
+    with _HOOKS:
+        try:
+            for layer, want_output, want_input in wanted.values():
+                original = layer.call
 
-        def call(*args, __layer=layer, __original=original, __out=want_output, __in=want_input,
-                 **kwargs):
-            result = __original(*args, **kwargs)
-            if __in:
-                recorded[("input", id(__layer))] = args[0] if args else next(iter(kwargs.values()))
-            if __out:
-                recorded[("output", id(__layer))] = result
-            return result
+                def call(*args, __layer=layer, __original=original, __out=want_output, __in=want_input,
+                         **kwargs):
+                    result = __original(*args, **kwargs)
+                    if __in:
+                        recorded[("input", id(__layer))] = args[0] if args else next(iter(kwargs.values()))
+                    if __out:
+                        recorded[("output", id(__layer))] = result
+                    return result
 
-        had_own = "call" in layer.__dict__
-        object.__setattr__(layer, "call", call)
-        patched.append((layer, had_own, original))
-    try:
-        yield recorded
-    finally:
-        for layer, had_own, original in patched:
-            if had_own:
-                object.__setattr__(layer, "call", original)
-            else:
-                del layer.__dict__["call"]
-        _HOOKS.release()
+                patched.append((layer, "call" in layer.__dict__, original))
+                object.__setattr__(layer, "call", call)
+            yield recorded
+        finally:
+            for layer, had_own, original in reversed(patched):
+                if had_own:
+                    object.__setattr__(layer, "call", original)
+                else:
+                    del layer.__dict__["call"]
 

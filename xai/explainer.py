@@ -392,16 +392,6 @@ class PerturbationExplainer(Explainer):
     """
 
     @classmethod
-    def not_applicable(cls, spec, params: Mapping[str, Any]) -> str:
-        """Why the method cannot run on a model with this `ModelSpec` with these resolved
-        parameters ("" if it can).
-
-        Checked at construction (raising `NotApplicable`) and by ``xai compare`` before any
-        work, which then reports the method as "not applicable" rather than failed.
-        """
-        return ""
-
-    @classmethod
     def missing_hooks(cls) -> list:
         return [f"{name}(...)" for name in ("n_copies", "contribution")
                 if getattr(cls, name) is getattr(PerturbationExplainer, name)]

@@ -51,11 +51,16 @@ class ModelHead:
     def class_weights(self):
         """(features, classes) float32 weights and (classes,) bias of the classifier, a
         one-unit head's ``w`` written as ``[-w, w]`` (CAM's ``w[k, c]``)."""
+        kernel, bias = self._classifier_parts()
+        if self.spec.output in ("sigmoid", "binary_logit"):
+            return tf.concat([-kernel, kernel], axis=-1), tf.concat([-bias, bias], axis=-1)
+        return kernel, bias
+
+    def _classifier_parts(self):
+        """The final Dense layer's kernel and bias (zeros without one) as float32."""
         kernel = tf.cast(self.classifier.kernel, tf.float32)
         bias = (tf.cast(self.classifier.bias, tf.float32) if self.classifier.use_bias
                 else tf.zeros([kernel.shape[-1]], tf.float32))
-        if self.spec.output in ("sigmoid", "binary_logit"):
-            return tf.concat([-kernel, kernel], axis=-1), tf.concat([-bias, bias], axis=-1)
         return kernel, bias
 
     def forward(self, images: tf.Tensor) -> tuple[dict, dict]:
@@ -79,11 +84,8 @@ class ModelHead:
         out = {key: tf.cast(value, tf.float32) for key, value in raw.items()}
         z = None
         if self.classifier is not None:
-            features = tf.cast(got[("input", id(self.classifier))], tf.float32)
-            weights, bias = self.classifier.kernel, self.classifier.bias if self.classifier.use_bias else None
-            z = tf.matmul(features, tf.cast(weights, tf.float32))
-            if bias is not None:
-                z = z + tf.cast(bias, tf.float32)
+            kernel, bias = self._classifier_parts()
+            z = tf.matmul(tf.cast(got[("input", id(self.classifier))], tf.float32), kernel) + bias
         elif self.logits_layer is not None:
             z = tf.cast(got[("input", id(self.logits_layer))], tf.float32)
         kind = self.spec.output

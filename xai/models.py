@@ -302,8 +302,8 @@ def _input_range(first_layers, consumers) -> tuple[float, float]:
     return (0.0, 1.0)
 
 
-def _probe_output(model, input_shape, input_range) -> str:
-    """Which of `OUTPUTS` an opaque model returns, read from one call on random images."""
+def _probe(model, input_shape, input_range) -> np.ndarray:
+    """The model's output on random and extreme images in its range (N, outputs)."""
     low, high = input_range
     rng = np.random.default_rng(0)
     images = np.concatenate([  # plain and extreme images, so a logit rarely stays inside [0, 1]
@@ -313,6 +313,11 @@ def _probe_output(model, input_shape, input_range) -> str:
     if out.ndim != 2:
         raise ModelError(f"the model's output must be class scores (N, classes); it returned "
                          f"shape {out.shape}.")
+    return out
+
+
+def _output_kind(out: np.ndarray) -> str:
+    """Which of `OUTPUTS` a model returned, read from its outputs on `_probe`'s images."""
     in_unit = bool(np.all((out >= 0) & (out <= 1)))
     if out.shape[1] == 1:
         return "sigmoid" if in_unit else "binary_logit"
@@ -386,7 +391,7 @@ def derive_spec(model: keras.Model, *, feature_layer=None, last_conv_layer=None,
     if found_classifier is not None and activation is None and _activation(found_classifier) != "linear":
         activation = _activation(found_classifier)
     if found_classifier is None and activation is None and _activation(last) is None:
-        found_output = _probe_output(model, shape, input_range or (0.0, 1.0))
+        found_output = _output_kind(_probe(model, shape, input_range or (0.0, 1.0)))
     elif activation == "softmax":
         found_output = "softmax"
     elif activation == "sigmoid":
@@ -474,9 +479,9 @@ def _opaque_spec(model, *, output, input_range, input_shape, class_names) -> Mod
     if len(shape) != 3 or None in shape:
         raise ModelError(f"the model's input must be a fixed-size image (H, W, C); it is {shape!r}.")
     input_range = input_range or (0.0, 1.0)
-    found = output or _probe_output(model, shape, input_range)
-    probe = np.zeros((1, *shape), np.float32)
-    num_classes = _check_output_shape(tuple(model(probe, training=False).shape[1:]), model.name)
+    out = _probe(model, shape, input_range)
+    found = output or _output_kind(out)
+    num_classes = _check_output_shape(out.shape[1:], model.name)
     return ModelSpec(
         input_shape=shape, num_classes=num_classes, output=found, input_range=input_range,
         head_note=f"{type(model).__name__} is subclassed: its layer graph cannot be read",
