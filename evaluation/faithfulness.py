@@ -66,6 +66,27 @@ class ModelScorer:
         self.jit_compile = jit_compile
         self._compiled: dict = {}
 
+    def scores(self, images, targets, score: str = "probability", batch_size: int = 256) -> np.ndarray:
+        """The target-class score of each image (N,) float64, `batch_size` images per call;
+        for metrics whose perturbed images are built on the host (ROAD, MuFidelity)."""
+        self.head.check_score(score, "this metric")
+        key = {"probability": "probabilities", "output": "output", "logit": "logits"}[score]
+        if ("images", key) not in self._compiled:
+            image_sig = tf.TensorSpec((None, *self.spec.input_shape), tf.float32)
+
+            def score_images(x, t):
+                values = self.head(x)[key]
+                return tf.reduce_sum(values * tf.one_hot(t, self.spec.num_classes, dtype=values.dtype), -1)
+
+            self._compiled["images", key] = tf.function(score_images, jit_compile=self.jit_compile,
+                                              reduce_retracing=True,
+                                              input_signature=[image_sig, tf.TensorSpec((None,), tf.int32)])
+        x = np.asarray(images, np.float32)
+        t = np.asarray(targets, np.int32)
+        out = [self._compiled["images", key](tf.constant(x[s:s + batch_size]), tf.constant(t[s:s + batch_size]))
+               for s in range(0, len(x), batch_size)]
+        return tf.concat(out, 0).numpy().astype(np.float64) if out else np.zeros(0)
+
     def rows_fn(self, score: str):
         """Compiled (start, end, ranks, targets, rows, counts) -> scores, one per score kind."""
         self.head.check_score(score, "deletion/insertion")

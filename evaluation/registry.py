@@ -39,6 +39,10 @@ class MetricInputs:
     maps: np.ndarray  # (N, H, W)
     masks: Optional[np.ndarray] = None  # (N, H, W) ground-truth object masks, if the data has them
     protocol: str = "rise"  # the deletion/insertion preset of the run
+    #: The method's explainer, for metrics that re-explain perturbed images (robustness).
+    explainer: Any = None
+    #: Seed of stochastic metrics; the runner computes them under a second seed too.
+    seed: int = 0
 
 
 @dataclasses.dataclass
@@ -62,6 +66,9 @@ class Metric:
     #: Reads the model's layer graph (which a subclassed model does not have).
     needs_layer_graph: bool = False
     uses_protocol: bool = False
+    #: Its value depends on a seed (random subsets, noise): the runner computes it under two
+    #: seeds and the meta-evaluation reports how much the ranking moves between them.
+    stochastic: bool = False
     #: In the default metric set of `xai compare`.
     default: bool = True
     #: A cost, not a quality: measured by the runner, never requested.
@@ -80,7 +87,8 @@ _discovered = False
 
 def register_metric(name: str, *, higher_is_better: bool, description: str, kind: str = "per_batch",
                     needs_masks: bool = False, needs_layer_graph: bool = False,
-                    uses_protocol: bool = False, default: bool = True, order: int = 100):
+                    uses_protocol: bool = False, stochastic: bool = False, default: bool = True,
+                    order: int = 100):
     """Decorator: register `fn` as metric `name` (``kind``: "per_batch" or "per_method")."""
     if kind not in ("per_batch", "per_method"):
         raise ValueError(f"kind must be 'per_batch' or 'per_method'; got {kind!r}.")
@@ -88,7 +96,7 @@ def register_metric(name: str, *, higher_is_better: bool, description: str, kind
     def decorate(fn):
         _METRICS[name] = Metric(name=name, higher_is_better=higher_is_better, description=description,
                                 needs_masks=needs_masks, needs_layer_graph=needs_layer_graph,
-                                uses_protocol=uses_protocol, default=default,
+                                uses_protocol=uses_protocol, stochastic=stochastic, default=default,
                                 order=order, **{kind: fn})
         return fn
     return decorate

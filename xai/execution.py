@@ -84,7 +84,7 @@ class WorkPlan:
         values = [(i, "seconds_per_image", seconds / len(images)) for i in ids]
         curves, protocols = [], {}
         inputs = MetricInputs(scorer=scorer, images=images, targets=targets, maps=maps, masks=masks,
-                              protocol=self.protocol)
+                              protocol=self.protocol, explainer=explainer)
         for name in self.metrics:
             result = get_metric(name).per_batch(inputs)
             values += [(i, name, float(v)) for i, v in zip(ids, result.values)]
