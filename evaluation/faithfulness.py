@@ -113,10 +113,14 @@ class ModelScorer:
         return self._compiled[score]
 
 
-def _ranks(maps: np.ndarray) -> tf.Tensor:
-    """Rank of each pixel, 0 = most important; ties keep pixel order (stable sort)."""
+ORDERS = ("morf", "lerf")
+
+
+def _ranks(maps: np.ndarray, order: str = "morf") -> tf.Tensor:
+    """Rank of each pixel, 0 = switched first: the most relevant first ("morf") or the least
+    relevant first ("lerf"); ties keep pixel order (stable sort) in both."""
     flat = tf.reshape(tf.convert_to_tensor(maps, tf.float32), (len(maps), -1))
-    order = tf.argsort(-flat, axis=-1, stable=True)
+    order = tf.argsort(-flat if order == "morf" else flat, axis=-1, stable=True)
     return tf.argsort(order, axis=-1, stable=True)  # inverse permutation
 
 
@@ -167,7 +171,7 @@ def _resolve(mode: str, protocol: str, overrides: dict) -> dict:
     preset = PRESETS[protocol]
     settings = {"steps": preset["steps"], "pixels_per_step": preset["pixels_per_step"],
                 "baseline": preset[f"{mode}_baseline"], "score": preset["score"],
-                "x_axis": preset["x_axis"], "batch_size": 256}
+                "x_axis": preset["x_axis"], "batch_size": 256, "order": "morf"}
     given = {k: v for k, v in overrides.items() if v is not None}
     if "steps" in given and "pixels_per_step" not in given:
         settings["pixels_per_step"] = None
@@ -176,6 +180,8 @@ def _resolve(mode: str, protocol: str, overrides: dict) -> dict:
     settings.update(given)
     if settings["score"] not in SCORES:
         raise ParameterError(f"score must be one of {SCORES}; got {settings['score']!r}.")
+    if settings["order"] not in ORDERS:
+        raise ParameterError(f"order must be one of {ORDERS}; got {settings['order']!r}.")
     if settings["x_axis"] not in ("fraction", "step"):
         raise ParameterError(f"x_axis must be 'fraction' or 'step'; got {settings['x_axis']!r}.")
     if not isinstance(settings["batch_size"], int) or settings["batch_size"] < 1:
@@ -186,13 +192,14 @@ def _resolve(mode: str, protocol: str, overrides: dict) -> dict:
 def causal_curves(mode: str, model, images, targets, maps, *, protocol: str = "rise",
                   steps: Optional[int] = None, pixels_per_step: Optional[int] = None,
                   baseline: Union[str, float, Callable, None] = None, score: Optional[str] = None,
-                  x_axis: Optional[str] = None, batch_size: Optional[int] = None) -> CurveResult:
+                  x_axis: Optional[str] = None, batch_size: Optional[int] = None,
+                  order: Optional[str] = None) -> CurveResult:
     """Deletion (``mode="deletion"``) or insertion curves; see `deletion`, `insertion`."""
     if mode not in ("deletion", "insertion"):
         raise ParameterError(f"mode must be 'deletion' or 'insertion'; got {mode!r}.")
     settings = _resolve(mode, protocol, dict(steps=steps, pixels_per_step=pixels_per_step,
                                              baseline=baseline, score=score, x_axis=x_axis,
-                                             batch_size=batch_size))
+                                             batch_size=batch_size, order=order))
     scorer = model if isinstance(model, ModelScorer) else ModelScorer(model)
     score_rows = scorer.rows_fn(settings["score"])
     x = check_images(images, scorer.spec)
@@ -211,7 +218,7 @@ def causal_curves(mode: str, model, images, targets, maps, *, protocol: str = "r
     counts = step_counts(n_pixels, settings["steps"], settings["pixels_per_step"])
     points = len(counts)
 
-    ranks = _ranks(m)
+    ranks = _ranks(m, settings["order"])
     start_t, end_t = tf.convert_to_tensor(start), tf.convert_to_tensor(end)
     targets_t = tf.convert_to_tensor(t)
     rows = np.repeat(np.arange(len(x), dtype=np.int32), points)
@@ -232,7 +239,9 @@ def causal_curves(mode: str, model, images, targets, maps, *, protocol: str = "r
         "metric": mode, "preset": protocol, "score": settings["score"],
         "baseline": substrate_text, "steps": points - 1,
         "pixels_per_step": settings["pixels_per_step"], "x_axis": settings["x_axis"],
-        "ranking": "descending map value, all channels of a pixel together, ties by pixel index",
+        "order": settings["order"],
+        "ranking": ("descending" if settings["order"] == "morf" else "ascending")
+        + " map value, all channels of a pixel together, ties by pixel index",
         "auc": "trapezoid rule over x in [0, 1], per image",
     }
     return CurveResult(auc=auc, curves=curves, x=xs, protocol=protocol_record)
@@ -259,6 +268,9 @@ def deletion(model, images, targets, maps, **kwargs) -> CurveResult:
         x of point k: pixels switched / all pixels, or k / steps (Xplique).
     batch_size : int, default 256
         Perturbed images per model call.
+    order : {"morf", "lerf"}, default "morf"
+        Switch the most relevant pixels first (MoRF, the RISE metric) or the least relevant
+        first (LeRF; for deletion, higher AUC is then better).
 
     Returns
     -------
@@ -282,11 +294,48 @@ def insertion(model, images, targets, maps, **kwargs) -> CurveResult:
     return causal_curves("insertion", model, images, targets, maps, **kwargs)
 
 
+def symmetric_relevance_gain(model, images, targets, maps, *, protocol: str = "rise",
+                             **kwargs) -> CurveResult:
+    """LeRF deletion AUC minus MoRF deletion AUC per image (higher is better).
+
+    Blücher, Vielhaben & Strodthoff, "Decoupling pixel flipping and occlusion strategy for
+    consistent XAI benchmarks", TMLR 2024. Both orders use one protocol (baseline, steps,
+    score), so what the baseline alone does to the model (a black image that is confidently
+    one class) cancels: a map earns a gain only by telling relevant pixels from irrelevant
+    ones. A map unrelated to the model scores about 0, a good one scores > 0.
+
+    Parameters as `deletion` (but `order`). Returns a `CurveResult` whose `auc` is the gain
+    and whose `curves` are LeRF minus MoRF at each step.
+
+    Examples
+    --------
+    >>> import numpy as np, xai
+    >>> model = xai.vgg16_gap((32, 32, 3), width=0.125)
+    >>> x = np.random.default_rng(0).random((2, 32, 32, 3), np.float32)
+    >>> gain = symmetric_relevance_gain(model, x, [0, 1], x.mean(-1), steps=8)
+    >>> gain.auc.shape
+    (2,)
+    """
+    if "order" in kwargs:
+        raise ParameterError("symmetric_relevance_gain uses both orders; do not pass order.")
+    scorer = model if isinstance(model, ModelScorer) else ModelScorer(model)
+    morf = causal_curves("deletion", scorer, images, targets, maps, protocol=protocol, order="morf", **kwargs)
+    lerf = causal_curves("deletion", scorer, images, targets, maps, protocol=protocol, order="lerf", **kwargs)
+    record = {**morf.protocol, "metric": "symmetric_relevance_gain", "order": "lerf - morf",
+              "ranking": "both orders of the map value, ties by pixel index",
+              "auc": "deletion AUC with least relevant first minus most relevant first, per image"}
+    return CurveResult(auc=lerf.auc - morf.auc, curves=lerf.curves - morf.curves, x=morf.x,
+                       protocol=record)
+
+
+def _as_output(result: CurveResult) -> MetricOutput:
+    return MetricOutput(result.auc, curves=(result.x, result.curves), protocol=result.protocol)
+
+
 def _curve_metric(mode: str):
     def per_batch(inputs: MetricInputs) -> MetricOutput:
-        result = causal_curves(mode, inputs.scorer, inputs.images, inputs.targets, inputs.maps,
-                               protocol=inputs.protocol)
-        return MetricOutput(result.auc, curves=(result.x, result.curves), protocol=result.protocol)
+        return _as_output(causal_curves(mode, inputs.scorer, inputs.images, inputs.targets, inputs.maps,
+                                        protocol=inputs.protocol))
     return per_batch
 
 
@@ -296,3 +345,9 @@ register_metric("deletion", higher_is_better=False, uses_protocol=True, order=10
 register_metric("insertion", higher_is_better=True, uses_protocol=True, order=20,
                 description="area under the insertion curve (RISE); higher = more faithful")(
     _curve_metric("insertion"))
+register_metric("symmetric_relevance_gain", higher_is_better=True, uses_protocol=True, order=22,
+                default=False,
+                description="LeRF minus MoRF deletion AUC (Blücher et al. 2024); higher = more faithful, "
+                            "0 = chance")(
+    lambda inputs: _as_output(symmetric_relevance_gain(inputs.scorer, inputs.images, inputs.targets,
+                                                       inputs.maps, protocol=inputs.protocol)))

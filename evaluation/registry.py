@@ -152,3 +152,17 @@ def check_names(names) -> list[str]:
     if unknown:
         raise ConfigError(f"unknown metric(s) {unknown}; choose from {', '.join(known)}.")
     return [n for n in known if n in set(names)]
+
+
+#: Separates a stochastic metric's name from the seed of its replicate values.
+REPLICATE = "#seed+1"
+
+
+def replicate_name(name: str) -> str:
+    """Where a stochastic metric's values under the run's seed + 1 are stored (for the
+    meta-evaluation's agreement between seeds); never ranked or summarised."""
+    return name + REPLICATE
+
+
+def is_replicate(name: str) -> bool:
+    return name.endswith(REPLICATE)

@@ -90,3 +90,25 @@ def tidy(records: Iterable[Mapping]) -> list[dict]:
     rows = [{"image_id": r["image_id"], "method": r["method"], "metric": r["metric"],
              "value": float(r["value"])} for r in records]
     return sorted(rows, key=lambda r: (r["method"], r["metric"], r["image_id"]))
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (step-down; controls the family-wise error rate).
+
+    NaNs (tests that could not be made) stay NaN and do not count in the family.
+
+    Examples
+    --------
+    >>> holm([0.01, 0.04, 0.03, float("nan")]).round(3).tolist()
+    [0.03, 0.06, 0.06, nan]
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    m = finite.size
+    if m == 0:
+        return out
+    order = finite[np.argsort(p[finite], kind="stable")]
+    adjusted = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
+    out[order] = adjusted
+    return out

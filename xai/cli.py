@@ -339,10 +339,16 @@ def _summarise_run(run_dir: Path):
     per_batch = {m.name for m in metric_registry.metrics() if m.per_batch is not None}
     shown = [row for row in data["summary"] if row["metric"] in per_batch]
     width = max((len(row["method"]) for row in shown), default=0)
-    for row in shown:
-        mean = "nan" if row["mean"] is None else f"{row['mean']:.3f}"
-        rank = f"#{row['rank']}"
-        click.echo(f"  {row['metric']:15s} {rank:>3s} {row['method']:{width}s} {mean}")
+    meta = data.get("meta_evaluation", {})
+    metric_width = max((len(row["metric"]) for row in shown), default=0)
+    for metric in dict.fromkeys(row["metric"] for row in shown):
+        if metric in meta and not meta[metric]["trusted"]:
+            # The reading replaces the ranking: a number that cannot rank must not look like one.
+            click.echo(f"  {metric}: {meta[metric]['sentence']}")
+        for row in (r for r in shown if r["metric"] == metric):
+            mean = "nan" if row["mean"] is None else f"{row['mean']:.3f}"
+            rank = "  -" if row["rank"] is None else f"#{row['rank']}"
+            click.echo(f"  {metric:{metric_width}s} {rank:>3s} {row['method']:{width}s} {mean}")
     for f in data["failures"]:
         click.echo(f"  FAILED {f['method']} batch {f['batch']}: {f['error']}", err=True)
     click.echo(f"report: {run_dir / 'report.html'}")

@@ -33,6 +33,9 @@ class WorkPlan:
     metrics: Sequence[str]  # per-batch metrics of xai.evaluation.registry, in report order
     protocol: str
     n_examples: int
+    #: Seed of stochastic metrics; each is computed again under seed + 1 for the
+    #: meta-evaluation's seed agreement (stored under `replicate_name`).
+    seed: int = 0
 
     def create_explainers(self, model, classes: Optional[dict] = None) -> tuple[dict, dict]:
         """(explainers, setup errors) by method; a method that cannot be built is an error
@@ -71,7 +74,7 @@ class WorkPlan:
             return {"ok": False, **failure(exc)}
 
     def _explain_and_score(self, explainer, method: str, scorer, batch: dict) -> dict:
-        from xai.evaluation.registry import MetricInputs, get_metric
+        from xai.evaluation.registry import MetricInputs, get_metric, replicate_name
 
         images, targets, ids, masks = batch["images"], batch["targets"], batch["ids"], batch["masks"]
         start = time.perf_counter()
@@ -84,10 +87,14 @@ class WorkPlan:
         values = [(i, "seconds_per_image", seconds / len(images)) for i in ids]
         curves, protocols = [], {}
         inputs = MetricInputs(scorer=scorer, images=images, targets=targets, maps=maps, masks=masks,
-                              protocol=self.protocol, explainer=explainer)
+                              protocol=self.protocol, explainer=explainer, seed=self.seed)
         for name in self.metrics:
-            result = get_metric(name).per_batch(inputs)
+            metric = get_metric(name)
+            result = metric.per_batch(inputs)
             values += [(i, name, float(v)) for i, v in zip(ids, result.values)]
+            if metric.stochastic:
+                again = metric.per_batch(dataclasses.replace(inputs, seed=self.seed + 1))
+                values += [(i, replicate_name(name), float(v)) for i, v in zip(ids, again.values)]
             if result.curves is not None:
                 x, ys = result.curves
                 curves += [(i, name, x, y) for i, y in zip(ids, ys)]

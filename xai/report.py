@@ -15,6 +15,7 @@ from matplotlib.figure import Figure  # the object API: no pyplot, no backend sw
 from xai import display  # noqa: E402
 from xai.evaluation import statistics as st  # noqa: E402
 from xai.evaluation import registry as metric_registry
+from xai.evaluation.meta_evaluation import meta_evaluate
 from xai.store import ResultsStore  # noqa: E402
 
 def metric_info() -> dict:
@@ -22,30 +23,54 @@ def metric_info() -> dict:
     return {m.name: (m.higher_is_better, m.description) for m in metric_registry.metrics()}
 
 
-def summary_table(arrays: dict) -> list[dict]:
+def split_arrays(arrays: dict) -> tuple[dict, dict, dict]:
+    """`ResultsStore.value_arrays()` split into quality metrics, costs, and the second-seed
+    replicates of stochastic metrics (keyed by the metric's own name)."""
+    costs = {m.name for m in metric_registry.metrics() if m.is_cost}
+    quality = {k: v for k, v in arrays.items() if k not in costs and not metric_registry.is_replicate(k)}
+    replicates = {k[:-len(metric_registry.REPLICATE)]: v for k, v in arrays.items()
+                  if metric_registry.is_replicate(k)}
+    return quality, {k: v for k, v in arrays.items() if k in costs}, replicates
+
+
+def verdicts(arrays: dict) -> dict:
+    """The meta-evaluation of every quality metric of a run: metric -> `MetricVerdict`."""
+    quality, _, replicates = split_arrays(arrays)
+    info = metric_info()
+    return meta_evaluate(quality, {m: info.get(m, (True, ""))[0] for m in quality}, replicates=replicates)
+
+
+def summary_table(arrays: dict, trusted=None) -> list[dict]:
     """Per metric and method: summary, rank, and a paired test against the best method.
 
     `arrays` is `ResultsStore.value_arrays()`: metric -> method -> (image ids, values).
+    p-values are Holm-corrected over the comparisons of one metric. Metrics not in
+    `trusted` (default: all) and costs get no rank and no p-value: a number that cannot
+    be trusted must not look like a ranking.
     """
     info = metric_info()
+    quality, costs, _ = split_arrays(arrays)
     table = []
-    for metric in sorted(arrays, key=lambda m: list(info).index(m) if m in info else len(info)):
+    for metric in sorted({**quality, **costs}, key=lambda m: list(info).index(m) if m in info else len(info)):
         per_method = arrays[metric]
         higher = info.get(metric, (True, ""))[0]
         summaries = {m: st.summarise(v) for m, (_, v) in per_method.items()}
         ranks = st.rank_methods({m: s["mean"] for m, s in summaries.items()}, higher)
         best = min(ranks, key=ranks.get)
         best_ids, best_values = per_method[best]
-        for method in sorted(per_method, key=lambda m: ranks[m]):
+        ranked = metric in quality and (trusted is None or metric in trusted)
+        ordered = sorted(per_method, key=lambda m: ranks[m])
+        raw = []
+        for method in ordered:
             ids, values = per_method[method]
-            if method == best:
-                test = {"p_value": None, "n": len(ids)}
-            else:
-                _, mine, theirs = np.intersect1d(np.asarray(ids), np.asarray(best_ids), return_indices=True)
-                test = st.paired_test(values[mine], best_values[theirs])
-            table.append({"metric": metric, "method": method, "rank": ranks[method],
+            _, mine, theirs = np.intersect1d(np.asarray(ids), np.asarray(best_ids), return_indices=True)
+            raw.append(np.nan if method == best else st.paired_test(values[mine], best_values[theirs])["p_value"])
+        adjusted = st.holm(raw)
+        for method, p in zip(ordered, adjusted):
+            table.append({"metric": metric, "method": method, "rank": ranks[method] if ranked else None,
                           "higher_is_better": higher, **summaries[method],
-                          "p_vs_best": test["p_value"], "best": best})
+                          "p_vs_best": float(p) if ranked and np.isfinite(p) else None,
+                          "best": best if ranked else None, "ranked": ranked})
     return table
 
 
@@ -61,8 +86,8 @@ def _curve_figure(metric: str, curves: dict):
         half = 1.96 * std / np.sqrt(n)
         ax.plot(x, mean, label=method)
         ax.fill_between(x, mean - half, mean + half, alpha=0.2)
-    ax.set_xlabel("fraction of pixels " + ("deleted" if metric == "deletion" else "inserted"))
-    ax.set_ylabel("target-class score")
+    ax.set_xlabel("fraction of pixels " + ("inserted" if metric == "insertion" else "removed"))
+    ax.set_ylabel("LeRF minus MoRF score" if metric == "symmetric_relevance_gain" else "target-class score")
     ax.set_title(f"{metric} (mean, 95% CI band)")
     ax.set_xlim(0, 1)
     ax.legend(fontsize=8)
@@ -101,8 +126,10 @@ def write_report(run_dir) -> Path:
     from xai.runner import merged
 
     config = merged(store.config, store.extra("provenance", {}))
-    curve_metrics = [m.name for m in metric_registry.metrics() if m.uses_protocol]
-    table = summary_table(store.value_arrays())
+    curve_metrics = [m.name for m in metric_registry.metrics() if not m.is_cost]
+    arrays = store.value_arrays()
+    meta = verdicts(arrays)
+    table = summary_table(arrays, trusted={m for m, v in meta.items() if v.trusted})
     figures_dir = run_dir / "figures"
     figures_dir.mkdir(exist_ok=True)
 
@@ -110,7 +137,7 @@ def write_report(run_dir) -> Path:
     for metric in curve_metrics:
         curves = store.curve_stats(metric)
         if curves:
-            figures.append({"title": f"{metric.capitalize()} curves", "file": f"figures/{metric}.png",
+            figures.append({"title": f"{metric.replace('_', ' ').capitalize()} curves", "file": f"figures/{metric}.png",
                             "data": _png(_curve_figure(metric, curves), figures_dir / f"{metric}.png")})
     examples = store.examples()
     if examples:
@@ -131,11 +158,12 @@ def write_report(run_dir) -> Path:
                         "file": "figures/sanity.png",
                         "data": _png(_sanity_figure(sanity), figures_dir / "sanity.png")})
 
-    protocols = {m: store.extra(f"protocol_{m}") for m in curve_metrics}
+    protocols = {m.name: store.extra(f"protocol_{m.name}") for m in metric_registry.metrics()}
     protocols = {k: v for k, v in protocols.items() if v}
     context = {
         "config": config, "table": table, "figures": figures, "failures": store.failures(),
         "sanity": sanity, "protocols": protocols, "metric_info": metric_info(),
+        "meta": {m: v.to_dict() for m, v in meta.items()},
         "skipped": store.extra("skipped_metrics", {}),
         "not_applicable": store.extra("not_applicable", {}), "n_images": store.n_images(),
         "timings": store.timings(), "resumed_with": store.extra("resumed_with", []), "fmt": _fmt, "run_id": run_dir.name,
@@ -158,6 +186,7 @@ def write_report(run_dir) -> Path:
     with open(run_dir / "results.json", "w") as fh:
         head = json.dumps({
             "config": config, "summary": [{k: clean(v) for k, v in r.items()} for r in table],
+            "meta_evaluation": {m: v.to_dict() for m, v in meta.items()},
             "sanity": sanity, "failures": store.failures(),
             "not_applicable": store.extra("not_applicable", {}),
             "skipped_metrics": store.extra("skipped_metrics", {}), "protocols": protocols, "values": []},

@@ -359,7 +359,7 @@ def compare(config: CompareConfig = CompareConfig(), *, quiet: bool = False,
                     print(f"{method}: not applicable to this model ({reason})", file=sys.stderr)
             plan = WorkPlan(methods=methods, method_params=resolved.method_params,
                             metrics=[m.name for m in usable if m.per_batch is not None],
-                            protocol=config.protocol, n_examples=config.n_examples)
+                            protocol=config.protocol, n_examples=config.n_examples, seed=config.seed)
             if config.backend == "ray":
                 from xai.distributed import RayBackend
 

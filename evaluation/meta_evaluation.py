@@ -1,0 +1,199 @@
+"""Meta-evaluation: can this metric be believed, on this model and these images?
+
+A metric earns the right to rank methods in three steps, each computed from the run's own
+per-image values (nothing is re-run):
+
+(a) **noise floor**: every method against the chance baseline `random` (paired Wilcoxon
+    signed-rank tests on the same images, Holm-corrected over the methods). A metric on
+    which most methods cannot be told from random maps measures the setup (the baseline,
+    a saturated model), not the maps;
+(b) **reliability**: the method ranking on one half of the images against the other half,
+    and, for stochastic metrics, under one seed against another (Spearman correlation of
+    the two rankings). A ranking that does not repeat is noise;
+(c) one plain sentence saying what (a) and (b) mean for the reader.
+
+Like the noise-floor and reliability checks of MetaQuantus (Hedström et al. 2023), but
+on the user's run rather than on synthetic perturbations: the question is whether *this*
+comparison can be ranked on *this* metric.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Optional
+
+import numpy as np
+from scipy import stats
+
+from xai.evaluation.statistics import holm, paired_test
+
+#: The method that stands for chance: maps unrelated to the model and the image.
+CHANCE = "random"
+#: Family-wise error rate of the noise-floor tests.
+ALPHA = 0.05
+#: Rankings agreeing less than this between halves (or seeds) are called unstable.
+MIN_AGREEMENT = 0.5
+
+
+@dataclasses.dataclass
+class MetricVerdict:
+    """What the meta-evaluation found for one metric."""
+
+    metric: str
+    #: "separates": most methods beat chance; "fails": they do not; "unchecked": no `random`.
+    noise_floor: str
+    #: Methods better / worse than chance at Holm-corrected p < ALPHA.
+    beats_chance: list
+    below_chance: list
+    #: Method -> Holm-corrected p-value of the paired test against chance.
+    p_vs_chance: dict
+    #: 1-based rank of chance among all methods (1 = best), by mean.
+    chance_rank: Optional[int]
+    n_methods: int
+    #: Spearman correlation of the method rankings between two halves of the images / two seeds.
+    halves_agreement: Optional[float]
+    seeds_agreement: Optional[float]
+    sentence: str
+
+    @property
+    def trusted(self) -> bool:
+        """May the report rank methods on this metric?"""
+        return self.noise_floor == "separates"
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["trusted"] = self.trusted
+        return out
+
+
+def _aligned(a: tuple, b: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Values of two methods on the images both have, in the same order."""
+    _, ia, ib = np.intersect1d(np.asarray(a[0]), np.asarray(b[0]), return_indices=True)
+    return np.asarray(a[1], np.float64)[ia], np.asarray(b[1], np.float64)[ib]
+
+
+def _ranking_agreement(first: Mapping[str, float], second: Mapping[str, float]) -> Optional[float]:
+    """Spearman correlation of two method -> mean maps; None when it is undefined."""
+    names = [m for m in first if m in second and np.isfinite(first[m]) and np.isfinite(second[m])]
+    if len(names) < 3:
+        return None
+    a, b = [first[m] for m in names], [second[m] for m in names]
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    return float(stats.spearmanr(a, b).statistic)
+
+
+def _half_means(per_method: Mapping[str, tuple]) -> tuple[dict, dict]:
+    """Each method's mean on the images at even and at odd positions of the sorted image ids
+    (the same split for every method, so the two rankings are over disjoint images)."""
+    ids = sorted(set.intersection(*(set(map(str, i)) for i, _ in per_method.values())))
+    halves = (set(ids[0::2]), set(ids[1::2]))
+    out = ({}, {})
+    for method, (image_ids, values) in per_method.items():
+        image_ids = np.asarray(list(map(str, image_ids)))
+        values = np.asarray(values, np.float64)
+        for half, chosen in zip(out, halves):
+            keep = np.isin(image_ids, list(chosen)) & np.isfinite(values)
+            half[method] = float(values[keep].mean()) if keep.any() else np.nan
+    return out
+
+
+def _means(per_method: Mapping[str, tuple]) -> dict:
+    return {m: float(np.nanmean(v)) if np.isfinite(v).any() else np.nan
+            for m, (_, v) in ((m, (i, np.asarray(v, np.float64))) for m, (i, v) in per_method.items())}
+
+
+def evaluate_metric(metric: str, per_method: Mapping[str, tuple], higher_is_better: bool, *,
+                    replicate: Optional[Mapping[str, tuple]] = None, chance: str = CHANCE,
+                    alpha: float = ALPHA) -> MetricVerdict:
+    """The verdict on one metric.
+
+    Parameters
+    ----------
+    metric : str
+    per_method : method -> (image ids, per-image values)
+    higher_is_better : bool
+    replicate : method -> (image ids, values) of the same metric under a second seed
+        (stochastic metrics), optional
+    chance : the method that stands for chance, default "random"
+    alpha : family-wise error rate of the noise-floor tests
+
+    Examples
+    --------
+    A metric whose values do not depend on the map cannot tell methods from chance:
+
+    >>> rng = np.random.default_rng(0)
+    >>> ids, same = list(range(40)), rng.random(40)
+    >>> values = {m: (ids, same + rng.normal(0, 1e-3, 40)) for m in ["a", "b", "c", "random"]}
+    >>> evaluate_metric("blind", values, higher_is_better=True).noise_floor
+    'fails'
+    """
+    means = _means(per_method)
+    ordered = sorted(means, key=lambda m: (-means[m] if higher_is_better else means[m])
+                     if np.isfinite(means[m]) else np.inf)
+    others = [m for m in ordered if m != chance]
+    halves = _half_means(per_method) if len(per_method) >= 3 else ({}, {})
+    halves_agreement = _ranking_agreement(*halves)
+    seeds_agreement = (_ranking_agreement(means, _means(replicate))
+                       if replicate else None)
+
+    if chance not in per_method or not others:
+        verdict = MetricVerdict(metric, "unchecked", [], [], {}, None, len(per_method),
+                                halves_agreement, seeds_agreement, "")
+        verdict.sentence = _sentence(verdict)
+        return verdict
+
+    tests = {m: paired_test(*_aligned(per_method[m], per_method[chance])) for m in others}
+    adjusted = dict(zip(others, holm([tests[m]["p_value"] for m in others])))
+    sign = 1.0 if higher_is_better else -1.0
+    beats, below = [], []
+    for m in others:
+        if np.isfinite(adjusted[m]) and adjusted[m] < alpha:
+            (beats if sign * tests[m]["median_difference"] > 0
+             or (tests[m]["median_difference"] == 0 and sign * (means[m] - means[chance]) > 0)
+             else below).append(m)
+    separates = len(beats) * 2 >= len(others)
+    verdict = MetricVerdict(
+        metric, "separates" if separates else "fails", beats, below,
+        {m: (None if not np.isfinite(p) else float(p)) for m, p in adjusted.items()},
+        ordered.index(chance) + 1, len(per_method), halves_agreement, seeds_agreement, "")
+    verdict.sentence = _sentence(verdict)
+    return verdict
+
+
+def _sentence(v: MetricVerdict) -> str:
+    """(c): what the numbers mean for someone about to rank methods on this metric."""
+    others = v.n_methods - (v.chance_rank is not None)
+    if v.noise_floor == "unchecked":
+        first = (f"{v.metric} was not checked against chance: add the `random` method to the "
+                 "comparison to know whether it can tell the methods apart on this model")
+    elif v.noise_floor == "fails":
+        first = (f"{v.metric} cannot tell the methods from chance on this model "
+                 f"(only {len(v.beats_chance)} of {others} beat `random` at Holm-corrected "
+                 f"p < {ALPHA}; `random` ranks {v.chance_rank} of {v.n_methods}); do not rank on it")
+    else:
+        first = (f"{v.metric} separates methods from chance on this model "
+                 f"({len(v.beats_chance)} of {others} beat `random` at Holm-corrected p < {ALPHA})")
+    notes = []
+    for between, value, advice in (("two halves of the images", v.halves_agreement, "use more images"),
+                                   ("two seeds", v.seeds_agreement, "use more samples")):
+        if value is not None and value < MIN_AGREEMENT:
+            notes.append(f"its ranking is unstable between {between} (Spearman {value:.2f}): {advice}")
+        elif value is not None:
+            notes.append(f"its ranking repeats between {between} (Spearman {value:.2f})")
+    return "; ".join([first, *notes]) + "."
+
+
+def meta_evaluate(arrays: Mapping[str, Mapping[str, tuple]], higher_is_better: Mapping[str, bool], *,
+                  replicates: Optional[Mapping[str, Mapping[str, tuple]]] = None,
+                  chance: str = CHANCE) -> dict:
+    """`evaluate_metric` for every metric of a run.
+
+    `arrays` is `ResultsStore.value_arrays()` (metric -> method -> (ids, values)) restricted
+    to quality metrics; `replicates` the same for the second seed of stochastic metrics.
+    Returns metric -> `MetricVerdict`.
+    """
+    replicates = replicates or {}
+    return {metric: evaluate_metric(metric, per_method, higher_is_better[metric],
+                                    replicate=replicates.get(metric), chance=chance)
+            for metric, per_method in arrays.items()}

@@ -1,0 +1,124 @@
+"""MoRF/LeRF, the symmetric relevance gain, Holm correction and the meta-evaluation of metrics."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from xai import evaluation as ev
+from xai.cli import main
+from xai.errors import ParameterError
+from xai.evaluation.meta_evaluation import evaluate_metric
+from xai.evaluation.statistics import holm
+
+from test_evaluation import _linear_model
+
+
+def _region_model(h=8, w=8):
+    weights = np.zeros((h, w))
+    weights[2:5, 3:6] = 3.0
+    return _linear_model(weights, h, w, bias0=20.0), weights
+
+
+def test_lerf_is_morf_of_the_negated_map():
+    model, weights = _region_model()
+    image = np.ones((1, 8, 8, 1), np.float32)
+    m = np.random.default_rng(1).random((1, 8, 8)).astype(np.float32)  # no ties
+    lerf = ev.deletion(model, image, [1], m, steps=16, order="lerf")
+    morf_of_negated = ev.deletion(model, image, [1], -m, steps=16, order="morf")
+    np.testing.assert_allclose(lerf.curves, morf_of_negated.curves, atol=1e-7)
+    assert lerf.protocol["order"] == "lerf" and "ascending" in lerf.protocol["ranking"]
+    with pytest.raises(ParameterError, match="order"):
+        ev.deletion(model, image, [1], m, steps=16, order="random")
+
+
+def test_symmetric_relevance_gain_is_lerf_minus_morf_and_zero_without_information():
+    model, weights = _region_model()
+    image = np.ones((1, 8, 8, 1), np.float32)
+    good = weights[None].astype(np.float32) + np.linspace(0, 1e-3, 64, dtype=np.float32).reshape(1, 8, 8)
+    kw = dict(steps=16, score="probability")
+    gain = ev.symmetric_relevance_gain(model, image, [1], good, **kw)
+    by_hand = (ev.deletion(model, image, [1], good, order="lerf", **kw).auc
+               - ev.deletion(model, image, [1], good, order="morf", **kw).auc)
+    np.testing.assert_allclose(gain.auc, by_hand, atol=1e-12)
+    assert gain.auc[0] > 0.5  # the region is all the evidence: LeRF keeps it, MoRF removes it first
+    assert ev.symmetric_relevance_gain(model, image, [1], -good, **kw).auc[0] == pytest.approx(-gain.auc[0])
+    # A constant map orders pixels the same way both ways (ties by index): no gain at all.
+    flat = ev.symmetric_relevance_gain(model, image, [1], np.ones((1, 8, 8), np.float32), **kw)
+    assert flat.auc[0] == 0.0
+    with pytest.raises(ParameterError, match="both orders"):
+        ev.symmetric_relevance_gain(model, image, [1], good, order="lerf")
+
+
+def test_holm_matches_the_step_down_definition():
+    p = np.array([0.04, 0.001, 0.02, 0.5])
+    # sorted: 0.001*4, 0.02*3, 0.04*2, 0.5*1, then running maximum
+    expected = {1: 0.004, 2: 0.06, 0: 0.08, 3: 0.5}
+    np.testing.assert_allclose(holm(p), [expected[i] for i in range(4)])
+    assert np.isnan(holm([np.nan])[0]) and holm([]).size == 0
+
+
+def _values(effects, n=40, noise=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    base = rng.random(n)
+    ids = [f"img{i:03d}" for i in range(n)]
+    return {m: (ids, base + e + rng.normal(0, noise, n)) for m, e in effects.items()}
+
+
+def test_a_metric_that_ignores_the_map_fails_the_noise_floor():
+    # Values depend on the image only (plus measurement noise), never on the method's map.
+    values = _values({"a": 0.0, "b": 0.0, "c": 0.0, "random": 0.0}, noise=0.01)
+    verdict = evaluate_metric("blind", values, higher_is_better=True)
+    assert verdict.noise_floor == "fails" and not verdict.trusted
+    assert verdict.beats_chance == []
+    assert "cannot tell the methods from chance" in verdict.sentence and "do not rank" in verdict.sentence
+
+
+def test_a_metric_that_separates_passes_and_its_ranking_repeats():
+    values = _values({"a": 0.3, "b": 0.2, "c": 0.1, "random": 0.0}, noise=0.02)
+    verdict = evaluate_metric("good", values, higher_is_better=True)
+    assert verdict.noise_floor == "separates" and verdict.trusted
+    assert sorted(verdict.beats_chance) == ["a", "b", "c"] and verdict.chance_rank == 4
+    assert all(p < 0.05 for p in verdict.p_vs_chance.values())
+    assert verdict.halves_agreement == pytest.approx(1.0)
+    # Lower is better: the same numbers now put every method below chance.
+    flipped = evaluate_metric("good", values, higher_is_better=False)
+    assert flipped.noise_floor == "fails" and sorted(flipped.below_chance) == ["a", "b", "c"]
+    assert flipped.chance_rank == 1
+
+
+def test_seed_agreement_and_unchecked_runs():
+    values = _values({"a": 0.3, "b": 0.2, "c": 0.1, "random": 0.0}, noise=0.02)
+    shuffled = _values({"a": 0.0, "b": 0.2, "c": 0.3, "random": 0.1}, noise=0.02, seed=1)
+    verdict = evaluate_metric("stochastic", values, True, replicate=shuffled)
+    assert verdict.seeds_agreement < 0.5
+    assert "unstable between two seeds" in verdict.sentence
+    no_chance = {m: v for m, v in values.items() if m != "random"}
+    unchecked = evaluate_metric("x", no_chance, True)
+    assert unchecked.noise_floor == "unchecked" and not unchecked.trusted
+    assert "add the `random` method" in unchecked.sentence
+
+
+def test_compare_reports_the_meta_evaluation(model_file, tmp_path):
+    result = CliRunner().invoke(main, [
+        "compare", "--model", str(model_file), "--n-images", "8", "--batch-size", "4",
+        "--methods", "random,vanilla_gradient,cam", "--metrics", "deletion,symmetric_relevance_gain",
+        "--out", str(tmp_path), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    run_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
+    summary = json.loads((run_dir / "results.json").read_text())
+    meta = summary["meta_evaluation"]
+    assert set(meta) == {"deletion", "symmetric_relevance_gain"}
+    for verdict in meta.values():
+        assert verdict["noise_floor"] in ("separates", "fails") and verdict["sentence"]
+        assert set(verdict["p_vs_chance"]) == {"vanilla_gradient", "cam"}
+    assert summary["protocols"]["symmetric_relevance_gain"]["order"] == "lerf - morf"
+    for row in summary["summary"]:
+        if row["metric"] in meta and not meta[row["metric"]]["trusted"]:
+            assert row["rank"] is None and row["p_vs_best"] is None
+        if row["metric"] == "seconds_per_image":
+            assert row["p_vs_best"] is None
+    page = (run_dir / "report.html").read_text()
+    assert "Can each metric be believed?" in page and "Holm" in page
+    assert (run_dir / "figures" / "symmetric_relevance_gain.png").is_file()
