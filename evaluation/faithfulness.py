@@ -146,7 +146,8 @@ def make_baseline(images: np.ndarray, baseline) -> tuple[np.ndarray, str]:
         description = {"zero": "zero", "mean": "per-image channel mean",
                        "blur": "gaussian blur (kernel 11, sigma 5, zero padding)"}[baseline]
     else:
-        raise ParameterError(f"baseline must be one of {BASELINES}, a number or a callable; got {baseline!r}.")
+        raise ParameterError(f"baseline must be one of {(*BASELINES, 'noisy_linear')}, a number or a callable; "
+                             f"got {baseline!r}.")
     return baseline_images(tf.convert_to_tensor(images, tf.float32), baseline).numpy(), description
 
 
@@ -212,23 +213,29 @@ def causal_curves(mode: str, model, images, targets, maps, *, protocol: str = "r
     if not np.all(np.isfinite(m)):
         raise DataError("maps contain NaN or infinite values.")
 
-    substrate, substrate_text = make_baseline(x, settings["baseline"])
-    start, end = (x, substrate) if mode == "deletion" else (substrate, x)
     n_pixels = x.shape[1] * x.shape[2]
     counts = step_counts(n_pixels, settings["steps"], settings["pixels_per_step"])
     points = len(counts)
-
     ranks = _ranks(m, settings["order"])
-    start_t, end_t = tf.convert_to_tensor(start), tf.convert_to_tensor(end)
-    targets_t = tf.convert_to_tensor(t)
-    rows = np.repeat(np.arange(len(x), dtype=np.int32), points)
-    row_counts = np.tile(counts, len(x)).astype(np.int32)
-    scores = []
-    for s in range(0, len(rows), settings["batch_size"]):
-        e = s + settings["batch_size"]
-        scores.append(score_rows(start_t, end_t, ranks, targets_t, tf.constant(rows[s:e]),
-                                 tf.constant(row_counts[s:e])))
-    curves = tf.concat(scores, axis=0).numpy().reshape(len(x), points).astype(np.float64)
+    if isinstance(settings["baseline"], str) and settings["baseline"] == "noisy_linear":
+        if mode != "deletion":
+            raise ParameterError("the noisy_linear imputation fills removed pixels from kept ones: use it "
+                                 "with deletion (either order) or road; insertion starts with no pixel kept.")
+        curves, substrate_text = _imputed_curves(scorer, x, t, ranks.numpy(), counts, settings["score"],
+                                                 settings["batch_size"])
+    else:
+        substrate, substrate_text = make_baseline(x, settings["baseline"])
+        start, end = (x, substrate) if mode == "deletion" else (substrate, x)
+        start_t, end_t = tf.convert_to_tensor(start), tf.convert_to_tensor(end)
+        targets_t = tf.convert_to_tensor(t)
+        rows = np.repeat(np.arange(len(x), dtype=np.int32), points)
+        row_counts = np.tile(counts, len(x)).astype(np.int32)
+        scores = []
+        for s in range(0, len(rows), settings["batch_size"]):
+            e = s + settings["batch_size"]
+            scores.append(score_rows(start_t, end_t, ranks, targets_t, tf.constant(rows[s:e]),
+                                     tf.constant(row_counts[s:e])))
+        curves = tf.concat(scores, axis=0).numpy().reshape(len(x), points).astype(np.float64)
 
     if settings["x_axis"] == "fraction":
         xs = counts / n_pixels
@@ -247,6 +254,22 @@ def causal_curves(mode: str, model, images, targets, maps, *, protocol: str = "r
     return CurveResult(auc=auc, curves=curves, x=xs, protocol=protocol_record)
 
 
+def _imputed_curves(scorer: ModelScorer, x: np.ndarray, targets: np.ndarray, ranks: np.ndarray,
+                    counts: np.ndarray, score: str, batch_size: int) -> tuple[np.ndarray, str]:
+    """Deletion curves whose removed pixels are filled by ROAD's noisy linear imputation: the
+    filling depends on which pixels are removed, so each point's images are built on the host."""
+    from xai.evaluation.road import noisy_linear_impute
+
+    low, high = scorer.spec.input_range
+    noise = 0.01 * (high - low)  # ROAD's 0.01 for images in [0, 1], in the model's units
+    curves = np.empty((len(x), len(counts)))
+    for k, count in enumerate(counts):
+        removed = (ranks < count).reshape(x.shape[:3])
+        curves[:, k] = scorer.scores(noisy_linear_impute(x, removed, noise=noise, seed=(0, k)), targets,
+                                     score, batch_size)
+    return curves, f"noisy linear imputation (ROAD), noise std {noise:g}, seed 0"
+
+
 def deletion(model, images, targets, maps, **kwargs) -> CurveResult:
     """Deletion curve and AUC per image (lower is better).
 
@@ -261,8 +284,11 @@ def deletion(model, images, targets, maps, **kwargs) -> CurveResult:
     steps : int, optional
         Number of steps (points = steps + 1). Exclusive with `pixels_per_step`.
     pixels_per_step : int, optional
-    baseline : {"zero", "mean", "blur"}, number or callable, optional
-        What deleted pixels become.
+    baseline : {"zero", "mean", "blur", "noisy_linear"}, number or callable, optional
+        What deleted pixels become. ``"noisy_linear"`` is ROAD's imputation (Rong et al.
+        2022; see `xai.evaluation.road`): each removed pixel is interpolated from its
+        neighbours plus noise, so the hole's shape does not leak the class. Deletion only;
+        one sparse solve per image and point on the host.
     score : {"probability", "output", "logit"}, optional
     x_axis : {"fraction", "step"}, optional
         x of point k: pixels switched / all pixels, or k / steps (Xplique).

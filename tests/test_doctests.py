@@ -6,7 +6,9 @@ import importlib
 import pytest
 
 MODULES = ["xai.models", "xai.registry", "xai.data", "xai.testing", "xai.plugins.vanilla_gradient",
-           "xai.evaluation.faithfulness", "xai.evaluation.localisation", "xai.evaluation.sanity"]
+           "xai.evaluation.faithfulness", "xai.evaluation.localisation", "xai.evaluation.sanity",
+           "xai.evaluation.statistics", "xai.evaluation.meta_evaluation", "xai.evaluation.road",
+           "xai.evaluation.mufidelity", "xai.evaluation.complexity", "xai.evaluation.robustness"]
 
 
 @pytest.mark.parametrize("name", MODULES)

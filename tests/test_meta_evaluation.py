@@ -122,3 +122,20 @@ def test_compare_reports_the_meta_evaluation(model_file, tmp_path):
     page = (run_dir / "report.html").read_text()
     assert "Can each metric be believed?" in page and "Holm" in page
     assert (run_dir / "figures" / "symmetric_relevance_gain.png").is_file()
+
+
+def test_deletion_with_noisy_linear_imputation_scores_the_imputed_images():
+    from xai.evaluation.road import noisy_linear_impute
+
+    model, weights = _region_model()
+    image = np.random.default_rng(2).random((2, 8, 8, 1)).astype(np.float32)
+    m = np.random.default_rng(3).random((2, 8, 8)).astype(np.float32)
+    result = ev.deletion(model, image, [1, 0], m, steps=4, baseline="noisy_linear")
+    assert "noisy linear" in result.protocol["baseline"]
+    ranks = np.argsort(np.argsort(-m.reshape(2, -1), axis=1, kind="stable"), axis=1, kind="stable")
+    k = 2  # 32 of 64 pixels removed
+    removed = (ranks < 32).reshape(2, 8, 8)
+    by_hand = model.predict(noisy_linear_impute(image, removed, noise=0.01, seed=(0, k)), verbose=0)
+    np.testing.assert_allclose(result.curves[:, k], by_hand[[0, 1], [1, 0]], atol=1e-6)
+    with pytest.raises(ParameterError, match="insertion starts with no pixel kept"):
+        ev.insertion(model, image, [1, 0], m, steps=4, baseline="noisy_linear")
