@@ -37,6 +37,7 @@ import tensorflow as tf  # noqa: E402
 import xai  # noqa: E402
 from xai import evaluation as ev  # noqa: E402
 from xai.models import with_precision  # noqa: E402
+from xai.evaluation.road import DEFAULT_FRACTIONS  # noqa: E402
 from xai.plugins.occlusion import patch_starts  # noqa: E402
 
 
@@ -109,7 +110,7 @@ def peer_cases(model, images, targets, args, settings, layer: str):
     try:
         from xplique.attributions import (GradCAM, GradCAMPP, IntegratedGradients, Occlusion, Rise,
                                           Saliency, SmoothGrad)
-        from xplique.metrics import Deletion, Insertion
+        from xplique.metrics import AverageStability, Complexity, Deletion, Insertion, MuFidelity, Sparseness
     except ImportError:
         print("Xplique not installed (./benchmarks/setup.sh): no Xplique columns.")
     else:
@@ -129,6 +130,15 @@ def peer_cases(model, images, targets, args, settings, layer: str):
         for metric, cls in (("deletion", Deletion), ("insertion", Insertion)):
             peer = cls(model, images, onehot, batch_size=args.rows, steps=args.steps)
             cases.append((metric, f"Xplique {cls.__name__}", lambda p=peer, m=metric: p))
+        cases.append(("mufidelity", "Xplique MuFidelity",
+                      lambda: MuFidelity(model, images, onehot, batch_size=args.rows, grid_size=9,
+                                         subset_percent=0.2, baseline_mode=0.0, nb_samples=args.subsets)))
+        for metric, cls in (("sparseness", Sparseness), ("complexity", Complexity)):
+            cases.append((metric, f"Xplique {cls.__name__}", lambda c=cls: c()))
+        cases.append(("average_stability", "Xplique AverageStability(Saliency)",
+                      lambda: (AverageStability(model, images, onehot, batch_size=args.rows, radius=0.1,
+                                                distance="l2", nb_samples=args.stability_samples),
+                               Saliency(model, batch_size=args.rows))))
     try:
         from tf_keras_vis.gradcam import Gradcam
         from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
@@ -156,19 +166,48 @@ def peer_cases(model, images, targets, args, settings, layer: str):
     return cases
 
 
+def metric_floors(args) -> dict:
+    """metric -> (floor kind, passes per image): the forward passes each metric must make."""
+    return {"deletion": ("fwd", args.steps + 1), "insertion": ("fwd", args.steps + 1),
+            "symmetric_relevance_gain": ("fwd", 2 * (args.steps + 1)),
+            "road_morf": ("fwd", len(DEFAULT_FRACTIONS)),
+            "mufidelity": ("fwd", args.subsets + 1),
+            "average_stability": ("fwd+bwd", args.stability_samples + 1),
+            "sparseness": ("read", 1), "complexity": ("read", 1)}
+
+
 def ours_fns(model, images, targets, args, settings, jit: bool):
-    """name -> (callable, explainer or None) for every method and both metrics."""
+    """name -> (callable, explainer or None) for every method and metric."""
     fns = {}
     for name, (params, _, _) in settings.items():
         explainer = xai.create_explainer(name, model, **params, jit_compile=jit)
         fns[name] = (lambda e=explainer: e.explain(images, targets), explainer)
-    maps = xai.create_explainer("vanilla_gradient", model).explain(images, targets)
+    gradient = xai.create_explainer("vanilla_gradient", model, score="probability", reduce="max_abs",
+                                    batch_size=args.rows, jit_compile=jit)
+    maps = gradient.explain(images, targets)
     scorer = ev.ModelScorer(model, jit_compile=jit)
-    for metric in ("deletion", "insertion"):
-        if args.only and metric not in args.only.split(","):
-            continue
-        fns[metric] = (lambda m=metric: ev.causal_curves(m, scorer, images, targets, maps, protocol="xplique",
-                                                         steps=args.steps, batch_size=args.rows), None)
+
+    def mufidelity():
+        scorer.__dict__.pop("mufidelity_cache", None)  # time the first method on a batch, not a cache hit
+        return ev.mufidelity(scorer, images, targets, maps, n_subsets=args.subsets, batch_size=args.rows)
+
+    metrics = {
+        "deletion": lambda: ev.causal_curves("deletion", scorer, images, targets, maps, protocol="xplique",
+                                             steps=args.steps, batch_size=args.rows),
+        "insertion": lambda: ev.causal_curves("insertion", scorer, images, targets, maps, protocol="xplique",
+                                              steps=args.steps, batch_size=args.rows),
+        "symmetric_relevance_gain": lambda: ev.symmetric_relevance_gain(
+            scorer, images, targets, maps, protocol="xplique", steps=args.steps, batch_size=args.rows),
+        "road_morf": lambda: ev.road(scorer, images, targets, maps, batch_size=args.rows),
+        "mufidelity": mufidelity,
+        "average_stability": lambda: ev.average_stability(gradient, images, targets,
+                                                          n_samples=args.stability_samples, batch_size=args.rows),
+        "sparseness": lambda: ev.sparseness(maps),
+        "complexity": lambda: ev.complexity(maps),
+    }
+    for metric, fn in metrics.items():
+        if not args.only or metric in args.only.split(","):
+            fns[metric] = (fn, None)
     return fns, maps
 
 
@@ -196,18 +235,15 @@ def measure(model, images, targets, args, settings, jit: bool, layer: str):
     n = len(images)
     single = floor_fns(model, images, targets, n, jit, layer)
     chunk = floor_fns(model, images, targets, args.rows, jit, layer)
-    fns, _ = ours_fns(model, images, targets, args, settings, jit)
+    fns, maps = ours_fns(model, images, targets, args, settings, jit)
+    single["read"] = lambda: float(np.abs(maps).sum())  # a map metric must read every value once
     results = {}
     for name, (fn, _) in fns.items():
-        if name in settings:
-            _, kind, passes = settings[name]
-            if passes == 1:
-                floor_fn, factor, text = single[kind], 1.0, kind.replace("layer", layer)
-            else:  # copies in full chunks of --rows rows, scaled to this method's count
-                floor_fn, factor, text = chunk[kind], n * passes / args.rows, f"{kind} x {passes} per image"
-        else:
-            floor_fn, factor = chunk["fwd"], n * (args.steps + 1) / args.rows
-            text = f"fwd x {args.steps + 1} points"
+        _, kind, passes = settings[name] if name in settings else (None, *metric_floors(args)[name])
+        if passes == 1:
+            floor_fn, factor, text = single[kind], 1.0, kind.replace("layer", layer)
+        else:  # copies in full chunks of --rows rows, scaled to this count
+            floor_fn, factor, text = chunk[kind], n * passes / args.rows, f"{kind} x {passes} per image"
         results[name] = (*paired(fn, floor_fn, factor, args.repeats), text)
     return results, fns
 
@@ -241,6 +277,8 @@ def main():
     parser.add_argument("--masks", type=int, default=64, help="RISE masks")
     parser.add_argument("--maps", type=int, default=32, help="Score-CAM max_maps")
     parser.add_argument("--steps", type=int, default=10, help="deletion/insertion steps (Xplique's default)")
+    parser.add_argument("--subsets", type=int, default=200, help="MuFidelity subsets (Xplique's default)")
+    parser.add_argument("--stability-samples", type=int, default=20, help="AverageStability samples")
     parser.add_argument("--rows", type=int, default=64, help="batch rows for copies")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-peers", action="store_true")
@@ -288,10 +326,20 @@ def main():
             if ours not in rows:
                 continue
             agreement = None
-            if ours in ("deletion", "insertion"):
+            if ours in ("deletion", "insertion", "mufidelity"):
                 metric = fn()
                 fn = lambda m=metric: m.evaluate(maps)  # noqa: E731
-                agreement = abs(float(fn()) - float(fns[ours][0]().auc.mean()))
+                mine = fns[ours][0]()
+                # MuFidelity draws other random subsets: its difference is Monte Carlo error.
+                agreement = abs(float(fn()) - float(np.mean(getattr(mine, "auc", mine))))
+            elif ours in ("sparseness", "complexity"):
+                metric = fn()
+                fn = lambda m=metric: m.evaluate(maps)  # noqa: E731
+                agreement = abs(float(np.mean(fn())) - float(np.mean(fns[ours][0]())))
+            elif ours == "average_stability":
+                metric, explainer = fn()
+                fn = lambda m=metric, e=explainer: m.evaluate(e)  # noqa: E731
+                agreement = abs(float(fn()) - float(np.mean(fns[ours][0]())))
             # Xplique's GradCAMPP departs from the paper (mean, not sum, of A): not compared.
             elif label in ("Xplique Saliency", "Xplique GradCAM"):
                 theirs = np.asarray(fn()).reshape(args.images, args.size, args.size)

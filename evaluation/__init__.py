@@ -6,7 +6,11 @@ definition re-run the method on a randomised model, take the explainer instead o
 
 from xai.evaluation.faithfulness import (PRESETS, CurveResult, ModelScorer, causal_curves, deletion,
                                          gaussian_blur, insertion, step_counts, symmetric_relevance_gain)
+from xai.evaluation.complexity import complexity, sparseness
 from xai.evaluation.meta_evaluation import MetricVerdict, evaluate_metric, meta_evaluate
+from xai.evaluation.mufidelity import mufidelity
+from xai.evaluation.road import noisy_linear_impute, road
+from xai.evaluation.robustness import average_stability, max_sensitivity
 from xai.evaluation.localisation import pointing_game, relevance_mass
 from xai.evaluation.sanity import model_randomisation, random_logit, spearman_per_image
 from xai.evaluation.statistics import holm, pairwise_tests, paired_test, rank_methods, summarise, tidy
@@ -14,6 +18,8 @@ from xai.evaluation.statistics import holm, pairwise_tests, paired_test, rank_me
 __all__ = [
     "PRESETS", "CurveResult", "MetricVerdict", "ModelScorer", "causal_curves", "deletion", "evaluate_metric",
     "gaussian_blur", "holm", "insertion", "meta_evaluate", "symmetric_relevance_gain",
+    "average_stability", "complexity", "max_sensitivity", "mufidelity", "noisy_linear_impute", "road",
+    "sparseness",
     "model_randomisation", "paired_test", "pairwise_tests", "pointing_game", "random_logit",
     "rank_methods", "relevance_mass", "spearman_per_image", "step_counts", "summarise", "tidy",
 ]

@@ -103,13 +103,20 @@ def test_seed_agreement_and_unchecked_runs():
 def test_compare_reports_the_meta_evaluation(model_file, tmp_path):
     result = CliRunner().invoke(main, [
         "compare", "--model", str(model_file), "--n-images", "8", "--batch-size", "4",
-        "--methods", "random,vanilla_gradient,cam", "--metrics", "deletion,symmetric_relevance_gain",
+        "--methods", "random,vanilla_gradient,cam", "--metrics", "deletion,symmetric_relevance_gain,mufidelity",
         "--out", str(tmp_path), "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     run_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
     summary = json.loads((run_dir / "results.json").read_text())
     meta = summary["meta_evaluation"]
-    assert set(meta) == {"deletion", "symmetric_relevance_gain"}
+    assert set(meta) == {"deletion", "symmetric_relevance_gain", "mufidelity"}
+    # A stochastic metric runs under seed + 1 too; its replicate is only read for the agreement.
+    assert -1 <= meta["mufidelity"]["seeds_agreement"] <= 1
+    assert meta["deletion"]["seeds_agreement"] is None
+    replicate = [v for v in summary["values"] if v["metric"] == "mufidelity#seed+1"]
+    assert len(replicate) == 3 * 8
+    assert not any(r["metric"].endswith("#seed+1") for r in summary["summary"])
+    assert summary["protocols"]["mufidelity"]["n_subsets"] == 200
     for verdict in meta.values():
         assert verdict["noise_floor"] in ("separates", "fails") and verdict["sentence"]
         assert set(verdict["p_vs_chance"]) == {"vanilla_gradient", "cam"}

@@ -359,13 +359,15 @@ def metrics():
     """Registered metrics: direction, what they need, whether they are in the default set."""
     from xai.evaluation import registry as metric_registry
 
+    width = max(len(m.name) for m in metric_registry.metrics())
     for m in metric_registry.metrics():
         direction = "higher is better" if m.higher_is_better else "lower is better"
         needs = ", ".join(n for n, flag in (("masks", m.needs_masks), ("the explainer", m.needs_explainer),
                                             ("a layer graph", m.needs_layer_graph),
                                             ("--protocol", m.uses_protocol)) if flag)
         kind = "cost, always measured" if m.is_cost else ("default" if m.default else "opt-in")
-        click.echo(f"{m.name:18s} {direction:17s} [{kind}{'; needs ' + needs if needs else ''}]  {m.description}")
+        kind += "; stochastic: also run under seed + 1" if m.stochastic else ""
+        click.echo(f"{m.name:{width}s} {direction:17s} [{kind}{'; needs ' + needs if needs else ''}]  {m.description}")
 
 
 @main.command()
