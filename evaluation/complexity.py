@@ -113,10 +113,15 @@ def complexity(maps) -> np.ndarray:
 @register_metric("sparseness", higher_is_better=True, default=False, order=60,
                  description="Gini index of |map|: how few pixels carry the map (Chalasani et al. 2020)")
 def _sparseness_metric(inputs: MetricInputs) -> MetricOutput:
-    return MetricOutput(sparseness(inputs.maps))
+    return MetricOutput(sparseness(inputs.maps), protocol=_protocol("Gini index", "0"))
 
 
 @register_metric("complexity", higher_is_better=False, default=False, order=61,
                  description="entropy of |map| as a distribution over pixels (Bhatt et al. 2020)")
 def _complexity_metric(inputs: MetricInputs) -> MetricOutput:
-    return MetricOutput(complexity(inputs.maps))
+    return MetricOutput(complexity(inputs.maps), protocol=_protocol("entropy (natural log)", "log(H*W)"))
+
+
+def _protocol(statistic: str, all_zero: str) -> dict:
+    return {"statistic": f"{statistic} of |map| over pixels", "map": "|map|, mean over channels of 4-D maps, "
+            "L1-normalised with eps 1e-8 (Xplique 2.0.2)", "all-zero map": f"{all_zero}, as a uniform map"}
