@@ -167,6 +167,11 @@ def _sentence(v: MetricVerdict) -> str:
     if v.noise_floor == "unchecked":
         first = (f"{v.metric} was not checked against chance: add the `random` method to the "
                  "comparison to know whether it can tell the methods apart on this model")
+    elif v.noise_floor == "fails" and v.below_chance:
+        first = (f"{v.metric} does not put the methods above chance on this model: only "
+                 f"{len(v.beats_chance)} of {others} beat `random` and {len(v.below_chance)} score worse "
+                 f"than it (Holm-corrected p < {ALPHA}), so it rewards something maps unrelated to the "
+                 "model have; do not rank on it")
     elif v.noise_floor == "fails":
         first = (f"{v.metric} cannot tell the methods from chance on this model "
                  f"(only {len(v.beats_chance)} of {others} beat `random` at Holm-corrected "
@@ -175,6 +180,9 @@ def _sentence(v: MetricVerdict) -> str:
         first = (f"{v.metric} separates methods from chance on this model "
                  f"({len(v.beats_chance)} of {others} beat `random` at Holm-corrected p < {ALPHA})")
     notes = []
+    if v.below_chance and v.noise_floor == "separates":
+        notes.append(f"{', '.join(v.below_chance)} score{'s' if len(v.below_chance) == 1 else ''} "
+                     "worse than `random`")
     for between, value, advice in (("two halves of the images", v.halves_agreement, "use more images"),
                                    ("two seeds", v.seeds_agreement, "use more samples")):
         if value is not None and value < MIN_AGREEMENT:

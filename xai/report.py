@@ -37,6 +37,7 @@ def verdicts(arrays: dict) -> dict:
     """The meta-evaluation of every quality metric of a run: metric -> `MetricVerdict`."""
     quality, _, replicates = split_arrays(arrays)
     info = metric_info()
+    quality = {m: quality[m] for m in sorted(quality, key=lambda m: list(info).index(m) if m in info else len(info))}
     return meta_evaluate(quality, {m: info.get(m, (True, ""))[0] for m in quality}, replicates=replicates)
 
 
