@@ -173,7 +173,7 @@ def metric_floors(args) -> dict:
             "road_morf": ("fwd", len(DEFAULT_FRACTIONS)),
             "mufidelity": ("fwd", args.subsets + 1),
             "average_stability": ("fwd+bwd", args.stability_samples + 1),
-            "sparseness": ("read", 1), "complexity": ("read", 1)}
+            "sparseness": ("sort", 1), "complexity": ("log", 1)}
 
 
 def ours_fns(model, images, targets, args, settings, jit: bool):
@@ -184,7 +184,8 @@ def ours_fns(model, images, targets, args, settings, jit: bool):
         fns[name] = (lambda e=explainer: e.explain(images, targets), explainer)
     gradient = xai.create_explainer("vanilla_gradient", model, score="probability", reduce="max_abs",
                                     batch_size=args.rows, jit_compile=jit)
-    maps = gradient.explain(images, targets)
+    # The maps every metric scores: the same ones main() gives the peers.
+    maps = xai.create_explainer("vanilla_gradient", model).explain(images, targets)
     scorer = ev.ModelScorer(model, jit_compile=jit)
 
     def mufidelity():
@@ -236,7 +237,9 @@ def measure(model, images, targets, args, settings, jit: bool, layer: str):
     single = floor_fns(model, images, targets, n, jit, layer)
     chunk = floor_fns(model, images, targets, args.rows, jit, layer)
     fns, maps = ours_fns(model, images, targets, args, settings, jit)
-    single["read"] = lambda: float(np.abs(maps).sum())  # a map metric must read every value once
+    # A Gini index must sort each map; an entropy must take a log of every value.
+    single["sort"] = lambda: np.sort(np.abs(maps).reshape(n, -1), axis=1)
+    single["log"] = lambda: np.log(np.abs(maps) + 1e-8)
     results = {}
     for name, (fn, _) in fns.items():
         _, kind, passes = settings[name] if name in settings else (None, *metric_floors(args)[name])
