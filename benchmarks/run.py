@@ -37,7 +37,7 @@ import tensorflow as tf  # noqa: E402
 import xai  # noqa: E402
 from xai import evaluation as ev  # noqa: E402
 from xai.models import with_precision  # noqa: E402
-from xai.evaluation.road import DEFAULT_FRACTIONS  # noqa: E402
+from xai.evaluation.remove_and_debias import DEFAULT_FRACTIONS  # noqa: E402
 from xai.plugins.occlusion import patch_starts  # noqa: E402
 
 

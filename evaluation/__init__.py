@@ -1,15 +1,17 @@
 """Metrics: pure, batched functions of (model, images, targets, maps).
 
-They never re-run an explainer and never write files; the sanity checks, which by
-definition re-run the method on a randomised model, take the explainer instead of maps.
+They never write files. Two families re-run the method by definition and take the explainer
+instead of (or besides) maps: the sanity checks (on a randomised model) and the robustness
+metrics (on perturbed copies of the images). `meta_evaluation` says, per run, which metrics
+can be believed.
 """
 
 from xai.evaluation.faithfulness import (PRESETS, CurveResult, ModelScorer, causal_curves, deletion,
                                          gaussian_blur, insertion, step_counts, symmetric_relevance_gain)
-from xai.evaluation.complexity import complexity, sparseness
+from xai.evaluation.map_complexity import complexity, sparseness
 from xai.evaluation.meta_evaluation import MetricVerdict, evaluate_metric, meta_evaluate
-from xai.evaluation.mufidelity import mufidelity
-from xai.evaluation.road import noisy_linear_impute, road
+from xai.evaluation.faithfulness_correlation import mufidelity
+from xai.evaluation.remove_and_debias import noisy_linear_impute, road
 from xai.evaluation.robustness import average_stability, max_sensitivity
 from xai.evaluation.localisation import pointing_game, relevance_mass
 from xai.evaluation.sanity import model_randomisation, random_logit, spearman_per_image

@@ -116,6 +116,23 @@ class ModelScorer:
 ORDERS = ("morf", "lerf")
 
 
+def checked_inputs(model, images, targets, maps, metric: str = "") -> tuple:
+    """(ModelScorer, images (N, H, W, C) float32, targets (N,) int32, maps (N, H, W) float32),
+    or a one-line `DataError` naming `metric`: the checks every map metric starts with."""
+    where = f"{metric}: " if metric else ""
+    scorer = model if isinstance(model, ModelScorer) else ModelScorer(model)
+    x = check_images(images, scorer.spec)
+    if targets is None:
+        raise DataError(f"{where}targets are required: the class whose score the metric follows.")
+    t = check_targets(targets, len(x), scorer.spec.num_classes)
+    m = np.asarray(maps, dtype=np.float32)
+    if m.shape != x.shape[:3]:
+        raise DataError(f"{where}maps must be (N, H, W) = {x.shape[:3]}; got {m.shape}.")
+    if not np.all(np.isfinite(m)):
+        raise DataError(f"{where}maps contain NaN or infinite values.")
+    return scorer, x, t, m
+
+
 def _ranks(maps: np.ndarray, order: str = "morf") -> tf.Tensor:
     """Rank of each pixel, 0 = switched first: the most relevant first ("morf") or the least
     relevant first ("lerf"); ties keep pixel order (stable sort) in both."""
@@ -201,17 +218,8 @@ def causal_curves(mode: str, model, images, targets, maps, *, protocol: str = "r
     settings = _resolve(mode, protocol, dict(steps=steps, pixels_per_step=pixels_per_step,
                                              baseline=baseline, score=score, x_axis=x_axis,
                                              batch_size=batch_size, order=order))
-    scorer = model if isinstance(model, ModelScorer) else ModelScorer(model)
+    scorer, x, t, m = checked_inputs(model, images, targets, maps)
     score_rows = scorer.rows_fn(settings["score"])
-    x = check_images(images, scorer.spec)
-    t = check_targets(targets, len(x), scorer.spec.num_classes)
-    if targets is None:
-        raise DataError("targets are required: the class whose score the curve follows.")
-    m = np.asarray(maps, dtype=np.float32)
-    if m.shape != x.shape[:3]:
-        raise DataError(f"maps must be (N, H, W) = {x.shape[:3]}; got {m.shape}.")
-    if not np.all(np.isfinite(m)):
-        raise DataError("maps contain NaN or infinite values.")
 
     n_pixels = x.shape[1] * x.shape[2]
     counts = step_counts(n_pixels, settings["steps"], settings["pixels_per_step"])
@@ -258,7 +266,7 @@ def _imputed_curves(scorer: ModelScorer, x: np.ndarray, targets: np.ndarray, ran
                     counts: np.ndarray, score: str, batch_size: int) -> tuple[np.ndarray, str]:
     """Deletion curves whose removed pixels are filled by ROAD's noisy linear imputation: the
     filling depends on which pixels are removed, so each point's images are built on the host."""
-    from xai.evaluation.road import noisy_linear_impute
+    from xai.evaluation.remove_and_debias import noisy_linear_impute
 
     low, high = scorer.spec.input_range
     noise = 0.01 * (high - low)  # ROAD's 0.01 for images in [0, 1], in the model's units
@@ -286,7 +294,7 @@ def deletion(model, images, targets, maps, **kwargs) -> CurveResult:
     pixels_per_step : int, optional
     baseline : {"zero", "mean", "blur", "noisy_linear"}, number or callable, optional
         What deleted pixels become. ``"noisy_linear"`` is ROAD's imputation (Rong et al.
-        2022; see `xai.evaluation.road`): each removed pixel is interpolated from its
+        2022; see `xai.evaluation.remove_and_debias`): each removed pixel is interpolated from its
         neighbours plus noise, so the hole's shape does not leak the class. Deletion only;
         one sparse solve per image and point on the host.
     score : {"probability", "output", "logit"}, optional

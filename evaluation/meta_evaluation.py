@@ -40,7 +40,8 @@ class MetricVerdict:
     """What the meta-evaluation found for one metric."""
 
     metric: str
-    #: "separates": most methods beat chance; "fails": they do not; "unchecked": no `random`.
+    #: "separates": at least half the methods beat chance; "fails": they do not;
+    #: "unchecked": `random` has no values in this run.
     noise_floor: str
     #: Methods better / worse than chance at Holm-corrected p < ALPHA.
     beats_chance: list
@@ -54,15 +55,28 @@ class MetricVerdict:
     halves_agreement: Optional[float]
     seeds_agreement: Optional[float]
     sentence: str
+    #: Methods left out of the tests: fewer than two images with values for both it and chance.
+    untested: list = dataclasses.field(default_factory=list)
+
+    @property
+    def reliable(self) -> bool:
+        """The ranking repeats between halves of the images and between seeds (where defined)."""
+        return all(a is None or a >= MIN_AGREEMENT for a in (self.halves_agreement, self.seeds_agreement))
 
     @property
     def trusted(self) -> bool:
-        """May the report rank methods on this metric?"""
-        return self.noise_floor == "separates"
+        """May the report rank methods on this metric? Above the noise floor, and reliable."""
+        return self.noise_floor == "separates" and self.reliable
+
+    @property
+    def verdict(self) -> str:
+        if self.noise_floor == "unchecked":
+            return "not checked"
+        return "ranks" if self.trusted else "do not rank"
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
-        out["trusted"] = self.trusted
+        out.update(trusted=self.trusted, reliable=self.reliable, verdict=self.verdict)
         return out
 
 
@@ -72,9 +86,12 @@ def _aligned(a: tuple, b: tuple) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(a[1], np.float64)[ia], np.asarray(b[1], np.float64)[ib]
 
 
-def _ranking_agreement(first: Mapping[str, float], second: Mapping[str, float]) -> Optional[float]:
-    """Spearman correlation of two method -> mean maps; None when it is undefined."""
-    names = [m for m in first if m in second and np.isfinite(first[m]) and np.isfinite(second[m])]
+def _ranking_agreement(first: Mapping[str, float], second: Mapping[str, float],
+                       chance: str = CHANCE) -> Optional[float]:
+    """Spearman correlation of two method -> mean maps over the methods but chance (which is
+    reliably last and would make any ranking look stable); None when it is undefined."""
+    names = [m for m in first if m in second and m != chance
+             and np.isfinite(first[m]) and np.isfinite(second[m])]
     if len(names) < 3:
         return None
     a, b = [first[m] for m in names], [second[m] for m in names]
@@ -133,40 +150,57 @@ def evaluate_metric(metric: str, per_method: Mapping[str, tuple], higher_is_bett
                      if np.isfinite(means[m]) else np.inf)
     others = [m for m in ordered if m != chance]
     halves = _half_means(per_method) if len(per_method) >= 3 else ({}, {})
-    halves_agreement = _ranking_agreement(*halves)
-    seeds_agreement = (_ranking_agreement(means, _means(replicate))
+    halves_agreement = _ranking_agreement(*halves, chance=chance)
+    seeds_agreement = (_ranking_agreement(means, _means(replicate), chance=chance)
                        if replicate else None)
 
-    if chance not in per_method or not others:
+    pairs = {m: _aligned(per_method[m], per_method[chance]) for m in others} if chance in per_method else {}
+    pairs = {m: (a[np.isfinite(a) & np.isfinite(b)], b[np.isfinite(a) & np.isfinite(b)])
+             for m, (a, b) in pairs.items()}
+    tested = [m for m in others if m in pairs and len(pairs[m][0]) >= 2]
+    untested = [m for m in others if m not in tested] if chance in per_method else []
+    if not tested or not np.isfinite(means.get(chance, np.nan)):
         verdict = MetricVerdict(metric, "unchecked", [], [], {}, None, len(per_method),
-                                halves_agreement, seeds_agreement, "")
+                                halves_agreement, seeds_agreement, "", untested=untested)
         verdict.sentence = _sentence(verdict)
         return verdict
 
-    tests = {m: paired_test(*_aligned(per_method[m], per_method[chance])) for m in others}
-    adjusted = dict(zip(others, holm([tests[m]["p_value"] for m in others])))
     sign = 1.0 if higher_is_better else -1.0
-    beats, below = [], []
-    for m in others:
-        if np.isfinite(adjusted[m]) and adjusted[m] < alpha:
-            (beats if sign * tests[m]["median_difference"] > 0
-             or (tests[m]["median_difference"] == 0 and sign * (means[m] - means[chance]) > 0)
-             else below).append(m)
-    separates = len(beats) * 2 >= len(others)
+    raw, direction = [], {}
+    for m in tested:
+        a, b = pairs[m]
+        p = paired_test(a, b)["p_value"]
+        raw.append(1.0 if not np.isfinite(p) else p)  # identical to chance on every image: no evidence
+        direction[m] = sign * _signed_rank_shift(a - b)
+    adjusted = dict(zip(tested, holm(raw)))
+    beats = [m for m in tested if adjusted[m] < alpha and direction[m] > 0]
+    below = [m for m in tested if adjusted[m] < alpha and direction[m] < 0]
+    separates = len(beats) * 2 >= len(tested)
     verdict = MetricVerdict(
         metric, "separates" if separates else "fails", beats, below,
-        {m: (None if not np.isfinite(p) else float(p)) for m, p in adjusted.items()},
-        ordered.index(chance) + 1, len(per_method), halves_agreement, seeds_agreement, "")
+        {m: float(p) for m, p in adjusted.items()},
+        ordered.index(chance) + 1, len(per_method), halves_agreement, seeds_agreement, "",
+        untested=untested)
     verdict.sentence = _sentence(verdict)
     return verdict
 
 
+def _signed_rank_shift(differences: np.ndarray) -> float:
+    """W+ - W-: the direction the Wilcoxon signed-rank test sees (zeros dropped, as in the test)."""
+    d = differences[differences != 0]
+    if d.size == 0:
+        return 0.0
+    ranks = stats.rankdata(np.abs(d))
+    return float(ranks[d > 0].sum() - ranks[d < 0].sum())
+
+
 def _sentence(v: MetricVerdict) -> str:
     """(c): what the numbers mean for someone about to rank methods on this metric."""
-    others = v.n_methods - (v.chance_rank is not None)
+    others = len(v.p_vs_chance)
     if v.noise_floor == "unchecked":
-        first = (f"{v.metric} was not checked against chance: add the `random` method to the "
-                 "comparison to know whether it can tell the methods apart on this model")
+        first = (f"{v.metric} was not checked against chance: `random` (or every other method) has no "
+                 "values in this run; include `random` among the methods (or see its failures) to know "
+                 "whether the metric can tell the methods apart on this model")
     elif v.noise_floor == "fails" and v.below_chance:
         first = (f"{v.metric} does not put the methods above chance on this model: only "
                  f"{len(v.beats_chance)} of {others} beat `random` and {len(v.below_chance)} score worse "
@@ -180,6 +214,10 @@ def _sentence(v: MetricVerdict) -> str:
         first = (f"{v.metric} separates methods from chance on this model "
                  f"({len(v.beats_chance)} of {others} beat `random` at Holm-corrected p < {ALPHA})")
     notes = []
+    if v.noise_floor == "separates" and not v.reliable:
+        notes.append("its ranking does not repeat (below), so do not rank on it yet")
+    if v.untested:
+        notes.append(f"not tested (fewer than two images with values): {', '.join(v.untested)}")
     if v.below_chance and v.noise_floor == "separates":
         notes.append(f"{', '.join(v.below_chance)} score{'s' if len(v.below_chance) == 1 else ''} "
                      "worse than `random`")

@@ -7,9 +7,10 @@ first look-up.
 
 Two kinds of metric:
 
-- per batch (``per_batch``): a pure function of the explainer's maps, called as
+- per batch (``per_batch``): a function of one batch's images, targets and maps, called as
   ``per_batch(MetricInputs) -> MetricOutput`` on every batch (deletion, insertion,
-  pointing game...);
+  pointing game...); robustness metrics also re-explain perturbed copies with
+  ``inputs.explainer`` (``uses_explainer=True``), stochastic ones read ``inputs.seed``;
 - per method (``per_method``): needs to run the explainer again (the sanity checks), called
   once per method on a few images as
   ``per_method(explainer_class, model, images, targets, params=..., seed=...) -> dict``.
@@ -65,6 +66,8 @@ class Metric:
     needs_masks: bool = False
     #: Reads the model's layer graph (which a subclassed model does not have).
     needs_layer_graph: bool = False
+    #: A per-batch metric that re-runs the method's explainer (on perturbed copies).
+    uses_explainer: bool = False
     uses_protocol: bool = False
     #: Its value depends on a seed (random subsets, noise): the runner computes it under two
     #: seeds and the meta-evaluation reports how much the ranking moves between them.
@@ -78,7 +81,7 @@ class Metric:
 
     @property
     def needs_explainer(self) -> bool:
-        return self.per_method is not None
+        return self.per_method is not None or self.uses_explainer
 
 
 _METRICS: dict[str, Metric] = {}
@@ -86,7 +89,7 @@ _discovered = False
 
 
 def register_metric(name: str, *, higher_is_better: bool, description: str, kind: str = "per_batch",
-                    needs_masks: bool = False, needs_layer_graph: bool = False,
+                    needs_masks: bool = False, needs_layer_graph: bool = False, uses_explainer: bool = False,
                     uses_protocol: bool = False, stochastic: bool = False, default: bool = True,
                     order: int = 100):
     """Decorator: register `fn` as metric `name` (``kind``: "per_batch" or "per_method")."""
@@ -96,6 +99,7 @@ def register_metric(name: str, *, higher_is_better: bool, description: str, kind
     def decorate(fn):
         _METRICS[name] = Metric(name=name, higher_is_better=higher_is_better, description=description,
                                 needs_masks=needs_masks, needs_layer_graph=needs_layer_graph,
+                                uses_explainer=uses_explainer,
                                 uses_protocol=uses_protocol, stochastic=stochastic, default=default,
                                 order=order, **{kind: fn})
         return fn

@@ -107,7 +107,11 @@ def sensitivities(explainer, images, targets, *, radius=0.1, n_samples=20, dista
         maps = maps.reshape(len(idx), rows, -1)
         distances[idx] = _norm(maps[:, 1:] - maps[:, :1], distance)
         if relative:
-            distances[idx] /= np.maximum(_norm(maps[:, 0], distance), EPS)[:, None]
+            base = _norm(maps[:, 0], distance)[:, None]
+            # An all-zero map has no scale: 0 when its copies are all-zero too, else undefined
+            # (NaN, counted as missing) rather than a 1e12 that would swamp every mean.
+            distances[idx] = np.where(base > EPS, distances[idx] / np.maximum(base, EPS),
+                                      np.where(distances[idx] == 0, 0.0, np.nan))
     return distances
 
 
@@ -210,14 +214,16 @@ def _registered(fn, inputs: MetricInputs) -> MetricOutput:
         "n_samples": N_SAMPLES, "distance": "l2", "relative": True, "seed": inputs.seed})
 
 
-@register_metric("average_stability", higher_is_better=False, stochastic=True, default=False, order=70,
+@register_metric("average_stability", higher_is_better=False, stochastic=True, uses_explainer=True,
+                 default=False, order=70,
                  description="mean L2 change of the map, relative to its norm, under uniform noise of "
                              "0.1 x the input range (Bhatt et al. 2020)")
 def _average_stability_metric(inputs: MetricInputs) -> MetricOutput:
     return _registered(average_stability, inputs)
 
 
-@register_metric("max_sensitivity", higher_is_better=False, stochastic=True, default=False, order=71,
+@register_metric("max_sensitivity", higher_is_better=False, stochastic=True, uses_explainer=True,
+                 default=False, order=71,
                  description="largest L2 change of the map, relative to its norm, under uniform noise of "
                              "0.1 x the input range (Yeh et al. 2019)")
 def _max_sensitivity_metric(inputs: MetricInputs) -> MetricOutput:

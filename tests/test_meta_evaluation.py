@@ -97,13 +97,13 @@ def test_seed_agreement_and_unchecked_runs():
     no_chance = {m: v for m, v in values.items() if m != "random"}
     unchecked = evaluate_metric("x", no_chance, True)
     assert unchecked.noise_floor == "unchecked" and not unchecked.trusted
-    assert "add the `random` method" in unchecked.sentence
+    assert "include `random` among the methods" in unchecked.sentence and unchecked.untested == []
 
 
 def test_compare_reports_the_meta_evaluation(model_file, tmp_path):
     result = CliRunner().invoke(main, [
         "compare", "--model", str(model_file), "--n-images", "8", "--batch-size", "4",
-        "--methods", "random,vanilla_gradient,cam", "--metrics", "deletion,symmetric_relevance_gain,mufidelity",
+        "--methods", "random,vanilla_gradient,cam,grad_cam", "--metrics", "deletion,symmetric_relevance_gain,mufidelity",
         "--out", str(tmp_path), "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     run_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
@@ -114,12 +114,12 @@ def test_compare_reports_the_meta_evaluation(model_file, tmp_path):
     assert -1 <= meta["mufidelity"]["seeds_agreement"] <= 1
     assert meta["deletion"]["seeds_agreement"] is None
     replicate = [v for v in summary["values"] if v["metric"] == "mufidelity#seed+1"]
-    assert len(replicate) == 3 * 8
+    assert len(replicate) == 4 * 8
     assert not any(r["metric"].endswith("#seed+1") for r in summary["summary"])
     assert summary["protocols"]["mufidelity"]["n_subsets"] == 200
     for verdict in meta.values():
         assert verdict["noise_floor"] in ("separates", "fails") and verdict["sentence"]
-        assert set(verdict["p_vs_chance"]) == {"vanilla_gradient", "cam"}
+        assert set(verdict["p_vs_chance"]) == {"vanilla_gradient", "cam", "grad_cam"}
     assert summary["protocols"]["symmetric_relevance_gain"]["order"] == "lerf - morf"
     for row in summary["summary"]:
         if row["metric"] in meta and not meta[row["metric"]]["trusted"]:
@@ -132,7 +132,7 @@ def test_compare_reports_the_meta_evaluation(model_file, tmp_path):
 
 
 def test_deletion_with_noisy_linear_imputation_scores_the_imputed_images():
-    from xai.evaluation.road import noisy_linear_impute
+    from xai.evaluation.remove_and_debias import noisy_linear_impute
 
     model, weights = _region_model()
     image = np.random.default_rng(2).random((2, 8, 8, 1)).astype(np.float32)
@@ -146,3 +146,65 @@ def test_deletion_with_noisy_linear_imputation_scores_the_imputed_images():
     np.testing.assert_allclose(result.curves[:, k], by_hand[[0, 1], [1, 0]], atol=1e-6)
     with pytest.raises(ParameterError, match="insertion starts with no pixel kept"):
         ev.insertion(model, image, [1, 0], m, steps=4, baseline="noisy_linear")
+
+
+def test_agreement_leaves_chance_out_and_an_unstable_ranking_does_not_rank():
+    # a beats b on one half of the images, b beats a on the other; random is last on both.
+    n = 40
+    ids = [f"img{i:03d}" for i in range(n)]
+    even = np.arange(n) % 2 == 0
+    a = np.where(even, 0.9, 0.5) + np.linspace(0, 1e-3, n)
+    b = np.where(even, 0.5, 0.9) + np.linspace(0, 2e-3, n)
+    c = np.full(n, 0.7) + np.linspace(0, 3e-3, n)
+    values = {"a": (ids, a), "b": (ids, b), "c": (ids, c), "random": (ids, np.linspace(0.0, 0.1, n))}
+    verdict = evaluate_metric("halves", values, higher_is_better=True)
+    assert verdict.noise_floor == "separates"  # every method beats random on every image
+    assert verdict.halves_agreement == pytest.approx(-1.0)  # a, c, b against b, c, a: random left out
+    assert not verdict.reliable and not verdict.trusted and verdict.verdict == "do not rank"
+    assert "does not repeat" in verdict.sentence
+
+
+def test_identical_to_chance_counts_as_a_test_and_methods_without_values_are_named():
+    values = _values({"a": 0.3, "b": 0.2, "random": 0.0}, noise=0.02)
+    values["same"] = values["random"]  # identical on every image: p = 1, not left out
+    values["broken"] = (values["a"][0], np.full(40, np.nan))  # every batch failed
+    verdict = evaluate_metric("m", values, higher_is_better=True)
+    assert verdict.p_vs_chance["same"] == 1.0
+    assert verdict.untested == ["broken"] and "broken" not in verdict.p_vs_chance
+    assert sorted(verdict.beats_chance) == ["a", "b"] and verdict.noise_floor == "separates"
+    assert "not tested" in verdict.sentence
+
+
+def test_a_failing_metric_keeps_the_maps_and_the_other_metrics(model_file, tmp_path):
+    from xai.evaluation import registry
+
+    @registry.register_metric("always_fails", higher_is_better=True, description="raises", default=False)
+    def _fails(inputs):
+        raise RuntimeError("out of memory, pretend")
+
+    try:
+        result = CliRunner().invoke(main, [
+            "compare", "--model", str(model_file), "--n-images", "4", "--batch-size", "4",
+            "--methods", "random,cam", "--metrics", "deletion,always_fails",
+            "--out", str(tmp_path), "--quiet"], catch_exceptions=False)
+    finally:
+        registry._METRICS.pop("always_fails")
+    assert result.exit_code == 0, result.output
+    run_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
+    summary = json.loads((run_dir / "results.json").read_text())
+    assert summary["failures"] == []
+    assert {(f["metric"], f["method"]) for f in summary["metric_failures"]} == {
+        ("always_fails", "random"), ("always_fails", "cam")}
+    assert "out of memory, pretend" in summary["metric_failures"][0]["error"]
+    deletion = [v for v in summary["values"] if v["metric"] == "deletion"]
+    assert len(deletion) == 2 * 4 and all(v["value"] is not None for v in deletion)
+    assert "Metric failures" in (run_dir / "report.html").read_text()
+
+
+def test_compare_warns_without_random(model_file, tmp_path):
+    result = CliRunner().invoke(main, [
+        "compare", "--model", str(model_file), "--n-images", "4", "--batch-size", "4",
+        "--methods", "cam", "--metrics", "deletion", "--out", str(tmp_path), "--quiet"],
+        catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "`random` is not among the methods" in result.output

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from xai.errors import DataError
-from xai.evaluation import complexity as cx
+from xai.evaluation import map_complexity as cx
 from xai.evaluation.registry import MetricInputs, get_metric
 
 FIXTURE = Path(__file__).parent / "fixtures" / "xplique_complexity.npz"

@@ -6,7 +6,7 @@ import pytest
 from xai.errors import DataError, ParameterError
 from xai.evaluation.faithfulness import ModelScorer
 from xai.evaluation.registry import MetricInputs, get_metric
-from xai.evaluation.road import DEFAULT_FRACTIONS, noisy_linear_impute, removed_pixels, road
+from xai.evaluation.remove_and_debias import DEFAULT_FRACTIONS, noisy_linear_impute, removed_pixels, road
 
 NEIGHBOURS = [(dy, dx, 1 / 6 if dy == 0 or dx == 0 else 1 / 12)
               for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
@@ -107,8 +107,9 @@ def test_morf_and_lerf_remove_complementary_sets_in_map_order():
 def test_ties_are_broken_by_pixel_index():
     removed = removed_pixels(np.zeros((1, 4, 5)), 0.35, "morf")
     assert np.flatnonzero(removed[0]).tolist() == list(range(7))
+    # In both orders, as deletion's LeRF: the first tied pixels go first.
     removed = removed_pixels(np.zeros((1, 4, 5)), 0.35, "lerf")
-    assert np.flatnonzero(removed[0]).tolist() == list(range(13, 20))
+    assert np.flatnonzero(removed[0]).tolist() == list(range(7))
 
 
 # ---- the curves on a model -------------------------------------------------------------------

@@ -88,12 +88,19 @@ class WorkPlan:
         curves, protocols = [], {}
         inputs = MetricInputs(scorer=scorer, images=images, targets=targets, maps=maps, masks=masks,
                               protocol=self.protocol, explainer=explainer, seed=self.seed)
+        metric_errors = {}
         for name in self.metrics:
             metric = get_metric(name)
-            result = metric.per_batch(inputs)
+            try:
+                result = metric.per_batch(inputs)
+                again = (metric.per_batch(dataclasses.replace(inputs, seed=self.seed + 1))
+                         if metric.stochastic else None)
+            except Exception as exc:  # one metric failing keeps the maps and the other metrics
+                metric_errors[name] = failure(exc)["error"]
+                values += [(i, name, float("nan")) for i in ids]
+                continue
             values += [(i, name, float(v)) for i, v in zip(ids, result.values)]
-            if metric.stochastic:
-                again = metric.per_batch(dataclasses.replace(inputs, seed=self.seed + 1))
+            if again is not None:
                 values += [(i, replicate_name(name), float(v)) for i, v in zip(ids, again.values)]
             if result.curves is not None:
                 x, ys = result.curves
@@ -105,7 +112,7 @@ class WorkPlan:
             examples = [(ids[j], images[j], maps[j], None if masks is None else masks[j])
                         for j in range(min(self.n_examples, len(images)))]
         return {"seconds": seconds, "values": values, "curves": curves, "examples": examples,
-                "protocols": protocols}
+                "protocols": protocols, "metric_errors": metric_errors}
 
 
 def failure(exc: BaseException) -> dict:
@@ -157,5 +164,8 @@ def store_outcome(store, method: str, batch: dict, outcome: dict) -> None:
         return
     store.commit_batch(method, batch["index"], n_images=n_images, seconds=outcome["seconds"],
                        values=outcome["values"], curves=outcome["curves"], examples=outcome["examples"],
-                       images=images, extras={f"protocol_{metric}": protocol
-                                              for metric, protocol in outcome["protocols"].items()})
+                       images=images, extras={
+                           **{f"protocol_{metric}": protocol for metric, protocol in outcome["protocols"].items()},
+                           # The last error of each (metric, method); its values are NaN (missing).
+                           **{f"metric_error::{metric}::{method}": error
+                              for metric, error in outcome.get("metric_errors", {}).items()}})

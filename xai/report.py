@@ -60,7 +60,8 @@ def summary_table(arrays: dict, trusted=None) -> list[dict]:
         best = min(ranks, key=ranks.get)
         best_ids, best_values = per_method[best]
         ranked = metric in quality and (trusted is None or metric in trusted)
-        ordered = sorted(per_method, key=lambda m: ranks[m])
+        # Unranked metrics in alphabetical order: best-to-worst would be a ranking without numbers.
+        ordered = sorted(per_method, key=lambda m: ranks[m] if ranked else m)
         raw = []
         for method in ordered:
             ids, values = per_method[method]
@@ -73,6 +74,12 @@ def summary_table(arrays: dict, trusted=None) -> list[dict]:
                           "p_vs_best": float(p) if ranked and np.isfinite(p) else None,
                           "best": best if ranked else None, "ranked": ranked})
     return table
+
+
+def metric_failures(store) -> list[dict]:
+    """Metrics that raised on some batch of a method (their values there are missing)."""
+    return [{"metric": key.split("::")[0], "method": key.split("::")[1], "error": error}
+            for key, error in sorted(store.extras_under("metric_error::").items())]
 
 
 def _png(fig, path: Path) -> str:
@@ -166,6 +173,7 @@ def write_report(run_dir) -> Path:
         "sanity": sanity, "protocols": protocols, "metric_info": metric_info(),
         "meta": {m: v.to_dict() for m, v in meta.items()},
         "skipped": store.extra("skipped_metrics", {}),
+        "metric_failures": metric_failures(store),
         "not_applicable": store.extra("not_applicable", {}), "n_images": store.n_images(),
         "timings": store.timings(), "resumed_with": store.extra("resumed_with", []), "fmt": _fmt, "run_id": run_dir.name,
         "sanity_layers": next((r["layers"] for r in sanity.values() if "layers" in r), []),
@@ -188,6 +196,7 @@ def write_report(run_dir) -> Path:
         head = json.dumps({
             "config": config, "summary": [{k: clean(v) for k, v in r.items()} for r in table],
             "meta_evaluation": {m: v.to_dict() for m, v in meta.items()},
+            "metric_failures": metric_failures(store),
             "sanity": sanity, "failures": store.failures(),
             "not_applicable": store.extra("not_applicable", {}),
             "skipped_metrics": store.extra("skipped_metrics", {}), "protocols": protocols, "values": []},

@@ -354,6 +354,12 @@ def compare(config: CompareConfig = CompareConfig(), *, quiet: bool = False,
                               if (reason := get_explainer(m).not_applicable(spec, resolved.method_params[m]))}
             store.set_extra("not_applicable", not_applicable)
             methods = [m for m in resolved.methods if m not in not_applicable]
+            from xai.evaluation.meta_evaluation import CHANCE
+
+            if CHANCE not in methods and any(m.per_batch is not None for m in usable):
+                warnings.warn(f"`{CHANCE}` is not among the methods: no metric can be checked against chance, "
+                              "so the report ranks methods on none (add it with --methods ...,random).",
+                              UserWarning, stacklevel=2)
             for method, reason in not_applicable.items():
                 if not quiet:
                     print(f"{method}: not applicable to this model ({reason})", file=sys.stderr)

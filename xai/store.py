@@ -277,6 +277,13 @@ class ResultsStore:
         return default if row is None else json.loads(row[0])
 
     @_guarded
+    def extras_under(self, prefix: str) -> dict:
+        """Every extra whose name starts with `prefix`: {rest of the name: value}."""
+        rows = self.db.execute("SELECT name, value FROM extras WHERE substr(name, 1, ?) = ?",
+                               (len(prefix), prefix)).fetchall()
+        return {name[len(prefix):]: json.loads(value) for name, value in rows}
+
+    @_guarded
     def iter_values(self):
         """(image_id, method, metric, value) rows in (method, metric, image_id) order, streamed."""
         for i, m, k, v in self.db.execute("SELECT image_id, method, metric, value FROM vals "

@@ -32,10 +32,9 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.linalg import splu
 
-from xai.evaluation.faithfulness import SCORES, CurveResult, ModelScorer
+from xai.evaluation.faithfulness import SCORES, CurveResult, checked_inputs
 from xai.evaluation.registry import MetricInputs, MetricOutput, register_metric
 from xai.errors import DataError, ParameterError
-from xai.explainer import check_images, check_targets
 
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 ORDERS = ("morf", "lerf")
@@ -155,17 +154,18 @@ def noisy_linear_impute(images, removed, noise: float = 0.01,
 def removed_pixels(maps, fraction: float, order: str = "morf") -> np.ndarray:
     """The pixels ROAD removes at `fraction`, (N, H, W) bool.
 
-    Pixels are ranked by descending map value (as float32), ties by pixel index, as
-    deletion ranks them; MoRF removes the first ``round(fraction * H * W)`` (half to even),
-    LeRF the last as many. MoRF at f and LeRF at 1 - f remove complementary sets.
+    Pixels are ranked as deletion ranks them: by descending (MoRF) or ascending (LeRF) map
+    value (as float32), ties by pixel index in both orders; the first
+    ``round(fraction * H * W)`` (half to even) are removed. Without ties, MoRF at f and LeRF
+    at 1 - f remove complementary sets.
 
     Examples
     --------
     >>> maps = np.array([[[3.0, 1.0], [2.0, 1.0]]])
     >>> removed_pixels(maps, 0.5, "morf").astype(int).tolist()
     [[[1, 0], [1, 0]]]
-    >>> removed_pixels(maps, 0.25, "lerf").astype(int).tolist()
-    [[[0, 0], [0, 1]]]
+    >>> removed_pixels(maps, 0.25, "lerf").astype(int).tolist()  # tied: the first goes first
+    [[[0, 1], [0, 0]]]
     """
     if order not in ORDERS:
         raise ParameterError(f"order must be one of {ORDERS}; got {order!r}.")
@@ -174,8 +174,10 @@ def removed_pixels(maps, fraction: float, order: str = "morf") -> np.ndarray:
         raise DataError(f"maps must be (N, H, W); got shape {m.shape}.")
     n, h, w = m.shape
     count = int(round(float(fraction) * h * w))
-    ranks = np.argsort(np.argsort(-m.reshape(n, -1), axis=1, kind="stable"), axis=1, kind="stable")
-    removed = ranks < count if order == "morf" else ranks >= h * w - count
+    # Rank as deletion does in each order (stable sorts: ties by pixel index both ways).
+    flat = -m.reshape(n, -1) if order == "morf" else m.reshape(n, -1)
+    ranks = np.argsort(np.argsort(flat, axis=1, kind="stable"), axis=1, kind="stable")
+    removed = ranks < count
     return removed.reshape(n, h, w)
 
 
@@ -250,16 +252,7 @@ def road(model, images, targets, maps, *, fractions: Sequence[float] = DEFAULT_F
         raise ParameterError(f"seed must be an integer >= 0; got {seed!r}.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ParameterError(f"batch_size must be an integer >= 1; got {batch_size!r}.")
-    scorer = model if isinstance(model, ModelScorer) else ModelScorer(model)
-    x = check_images(images, scorer.spec)
-    if targets is None:
-        raise DataError("targets are required: the class whose score the curve follows.")
-    t = check_targets(targets, len(x), scorer.spec.num_classes)
-    m = np.asarray(maps, dtype=np.float32)
-    if m.shape != x.shape[:3]:
-        raise DataError(f"maps must be (N, H, W) = {x.shape[:3]}; got {m.shape}.")
-    if not np.all(np.isfinite(m)):
-        raise DataError("maps contain NaN or infinite values.")
+    scorer, x, t, m = checked_inputs(model, images, targets, maps, "road")
 
     curves = np.empty((len(x), len(f)))
     for k, fraction in enumerate(f):

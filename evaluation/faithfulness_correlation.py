@@ -29,7 +29,7 @@ and scores 0, as in Xplique: a model blind to every subset gives no evidence eit
 Cost: ``N * n_subsets`` forward passes, plus N for the unperturbed images; memory: the
 masks as one bool per value (``n_subsets * H * W * C`` bytes: 30 MB at 224x224x3 and 200
 subsets) and one batch of perturbed images. The perturbed images' scores do not depend on
-the map, so they are kept on the `ModelScorer` (the last two batches, keyed by a digest of
+the map, so they are kept on the `ModelScorer` (the last four settings, keyed by a digest of
 images, targets, masks, baseline and score): the second method compared on the same batch
 costs no forward pass.
 """
@@ -45,10 +45,9 @@ from scipy.stats import rankdata
 
 from xai._lazy import tf
 from xai.baselines import baseline_images, check_baseline
-from xai.evaluation.faithfulness import ModelScorer
+from xai.evaluation.faithfulness import ModelScorer, checked_inputs
 from xai.evaluation.registry import MetricInputs, MetricOutput, register_metric
-from xai.errors import DataError, ParameterError
-from xai.explainer import check_images, check_targets
+from xai.errors import ParameterError
 
 PROTOCOLS = {
     "xplique": {"score": "output", "correlation": "spearman", "subsets": "bernoulli"},
@@ -57,7 +56,7 @@ PROTOCOLS = {
 SCORES = ("probability", "output", "logit")
 #: Attribute of a ModelScorer holding the cached scores of perturbed images.
 CACHE_ATTRIBUTE = "mufidelity_cache"
-CACHE_ENTRIES = 2
+CACHE_ENTRIES = 4  # seed and seed + 1 of one batch, twice over
 
 
 def _is_int(value) -> bool:
@@ -203,17 +202,9 @@ def mufidelity_with_protocol(model, images, targets, maps, *, n_subsets: int = 2
     _check_settings(n_subsets, subset_fraction, grid_size, protocol, score, seed, batch_size, baseline)
     preset = PROTOCOLS[protocol]
     score = score or preset["score"]
-    scorer = model if isinstance(model, ModelScorer) else ModelScorer(model)
+    scorer, x, t, m = checked_inputs(model, images, targets, maps, "mufidelity")
     scorer.head.check_score(score, "mufidelity")
-    x = check_images(images, scorer.spec)
-    if targets is None:
-        raise DataError("mufidelity: targets are required: the class whose score drops.")
-    t = check_targets(targets, len(x), scorer.spec.num_classes)
-    m = np.asarray(maps, dtype=np.float64)
-    if m.shape != x.shape[:3]:
-        raise DataError(f"mufidelity: maps must be (N, H, W) = {x.shape[:3]}; got {m.shape}.")
-    if not np.all(np.isfinite(m)):
-        raise DataError("mufidelity: maps contain NaN or infinite values.")
+    m = m.astype(np.float64)
     n, height, width = m.shape
     if grid_size > min(height, width):
         raise ParameterError(f"mufidelity: grid_size must be <= the image size "
