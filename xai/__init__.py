@@ -25,6 +25,8 @@ _LAZY = {
     "PerturbationExplainer": "xai.explainer",
     "ModelSpec": "xai.models",
     "vgg16_gap": "xai.models",
+    "compare": "xai.api",
+    "Comparison": "xai.api",
     "create_explainer": "xai.registry",
     "list_explainers": "xai.registry",
     "plugin_errors": "xai.registry",
@@ -35,14 +37,15 @@ _LAZY = {
 _SUBMODULES = ("explainer", "models", "registry")
 
 __all__ = [
-    "ConfigError", "DataError", "Explainer", "MissingDependencyError", "ModelError", "ModelSpec",
+    "Comparison", "ConfigError", "DataError", "Explainer", "MissingDependencyError", "ModelError", "ModelSpec",
     "Param", "ParameterError", "PerturbationExplainer", "PluginError", "StoreError", "XAIError",
-    "create_explainer", "list_explainers", "models", "plugin_errors", "plugin_info",
+    "compare", "create_explainer", "list_explainers", "models", "plugin_errors", "plugin_info",
     "register_explainer", "vgg16_gap", "__version__",
 ]
 
 if _typing.TYPE_CHECKING:  # what type checkers and IDEs see; at run time these load on first use
     from xai import explainer, models, registry  # noqa: F401
+    from xai.api import Comparison, compare  # noqa: F401
     from xai.explainer import Explainer, Param, PerturbationExplainer  # noqa: F401
     from xai.models import ModelSpec, vgg16_gap  # noqa: F401
     from xai.registry import (create_explainer, list_explainers, plugin_errors,  # noqa: F401

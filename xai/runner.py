@@ -49,7 +49,7 @@ class CompareConfig:
     methods: Optional[Sequence[str]] = None  # None: every registered explainer
     method_params: dict = dataclasses.field(default_factory=dict)
     dataset: str = "offline"
-    model: Optional[str] = None  # None: the cached offline default model
+    model: Optional[str] = None  # a path, a keras.Model, or None: the cached offline default model
     n_images: int = 64
     metrics: Optional[Sequence[str]] = None  # None: the registry's default set
     protocol: str = "rise"
@@ -143,10 +143,29 @@ def _dataset_identity(dataset: str) -> tuple[object, Optional[str]]:
     return {"folder_digest": h.hexdigest()[:16]}, str(root.resolve())
 
 
-def resolve_model(model_arg: Optional[str], verbose: int = 1):
-    """(model, {"kind", "path", "digest"}) for a path or the offline default."""
+def model_digest(model) -> str:
+    """A model in memory, by content: its architecture and every weight's bytes (its
+    optimizer state and the object's identity do not count)."""
+    try:
+        architecture = json.dumps(json.loads(model.to_json()), sort_keys=True)
+    except (NotImplementedError, TypeError, ValueError):  # a subclassed model without get_config
+        architecture = f"{type(model).__module__}.{type(model).__qualname__}"
+    h = hashlib.sha256(architecture.encode())
+    for weight in model.weights:
+        h.update(f"{weight.path}:{tuple(weight.shape)}:{weight.dtype}\n".encode())
+        h.update(np.ascontiguousarray(np.asarray(weight)).tobytes())
+    return h.hexdigest()[:16]
+
+
+def resolve_model(model_arg, verbose: int = 1):
+    """(model, {"kind", "path", "digest"}) for a path, a `keras.Model` or the offline default."""
+    import keras
+
     from xai.models import load_model
 
+    if isinstance(model_arg, keras.Model):
+        return model_arg, {"kind": "in-memory", "path": f"<in memory: {model_arg.name}>",
+                           "digest": model_digest(model_arg)}
     if model_arg is None:
         from xai.train import DefaultModelConfig, default_model, default_model_path
 

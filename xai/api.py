@@ -1,0 +1,137 @@
+"""`xai.compare` in Python: the CLI's comparison as a function that returns its results.
+
+The keyword arguments are named like the options of ``xai compare`` (``n_images`` for
+``--n-images``); `model` may also be a `keras.Model` held in memory. The run is stored and
+resumable exactly as from the CLI: calling again with the same arguments recomputes nothing.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
+
+from xai.errors import ConfigError
+
+
+class Comparison:
+    """The results of one comparison, read from its run directory.
+
+    Attributes
+    ----------
+    run_dir : Path
+        Where the run lives: report.html, results.json, results.csv, the store.
+    rows : list of dict
+        Tidy per-image values ``{"image_id", "method", "metric", "value"}`` (pandas:
+        ``pd.DataFrame(result.rows)``), without the second-seed replicates of stochastic metrics.
+    summary : list of dict
+        Per metric and method: mean, CI, median, rank (None where the metric may not rank),
+        Holm-corrected p against the best.
+    meta_evaluation : dict
+        Per metric: whether it can rank methods on this run, and why (docs/metrics.md).
+    """
+
+    def __init__(self, run_dir):
+        self.run_dir = Path(run_dir)
+        data = json.loads((self.run_dir / "results.json").read_text())
+        self.summary = data["summary"]
+        self.meta_evaluation = data.get("meta_evaluation", {})
+        self.failures = data.get("failures", [])
+        self.rows = [r for r in data["values"] if "#" not in r["metric"]]
+
+    @property
+    def report(self) -> Path:
+        return self.run_dir / "report.html"
+
+    def __repr__(self) -> str:
+        return f"Comparison({str(self.run_dir)!r})"
+
+    def _repr_html_(self) -> str:
+        """Which metrics can rank here, and the ranking on each that can (Jupyter)."""
+        esc = html.escape
+        out = [f"<p><b>xai comparison</b> <code>{esc(self.run_dir.name)}</code>: full report in "
+               f"<code>{esc(str(self.report))}</code></p>",
+               "<table><tr><th>metric</th><th>verdict</th><th>reading</th></tr>"]
+        for metric, verdict in self.meta_evaluation.items():
+            out.append(f"<tr><td>{esc(metric)}</td><td>{esc(verdict['verdict'])}</td>"
+                       f"<td style='text-align:left'>{esc(verdict['sentence'])}</td></tr>")
+        out.append("</table>")
+        for metric, verdict in self.meta_evaluation.items():
+            if not verdict["trusted"]:
+                continue
+            out.append(f"<p><b>{esc(metric)}</b> (rank 1 is best; p: Holm-corrected, against the best)</p>"
+                       "<table><tr><th>rank</th><th>method</th><th>mean</th><th>95% CI</th><th>p</th></tr>")
+            for row in (r for r in self.summary if r["metric"] == metric):
+                p = "–" if row["p_vs_best"] is None else f"{row['p_vs_best']:.3g}"
+                out.append(f"<tr><td>{row['rank']}</td><td>{esc(row['method'])}</td><td>{_num(row['mean'])}</td>"
+                           f"<td>{_num(row['ci_low'])} – {_num(row['ci_high'])}</td><td>{p}</td></tr>")
+            out.append("</table>")
+        if self.failures:
+            out.append(f"<p style='color:#b00'>{len(self.failures)} failed batches: see the report.</p>")
+        return "\n".join(out)
+
+
+def _num(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _methods(methods) -> Optional[list]:
+    if methods is None:
+        return None
+    if isinstance(methods, str):
+        return [m.strip() for m in methods.split(",") if m.strip()]
+    return list(methods)
+
+
+def _params(params) -> dict:
+    """``{"smoothgrad": {"n_samples": 8}}`` or the CLI's flat ``{"smoothgrad.n_samples": 8}``."""
+    out: dict = {}
+    for key, value in (params or {}).items():
+        if isinstance(value, Mapping):
+            out.setdefault(key, {}).update(value)
+            continue
+        method, dot, name = str(key).rpartition(".")
+        if not dot or not method or not name:
+            raise ConfigError(f"params key {key!r}: expected METHOD.PARAM (or a dict per method).")
+        out.setdefault(method, {})[name] = value
+    return out
+
+
+def compare(model=None, *, methods: Union[str, Sequence[str], None] = None, dataset: str = "offline",
+            n_images: int = 64, metrics: Union[str, Sequence[str], None] = None, protocol: str = "rise",
+            seed: int = 0, params: Optional[Mapping] = None, out: str = "xai-runs", backend: str = "local",
+            address: Optional[str] = None, workers: Optional[int] = None, quiet: bool = False,
+            batch_size: int = 16, input_range: Optional[Sequence[float]] = None) -> Comparison:
+    """Run (or resume) a comparison and return its results; `xai compare` in Python.
+
+    Parameters
+    ----------
+    model : str, path, keras.Model or None
+        A saved model, a model in memory (its run is keyed by its architecture and weights,
+        so the same weights resume the same run), or None for the offline default.
+    methods, metrics : list or comma-separated str, optional
+        Default: every registered explainer; the default metric set.
+    params : dict, optional
+        Explainer parameters, ``{"smoothgrad": {"n_samples": 8}}`` or ``{"smoothgrad.n_samples": 8}``.
+    Other arguments as the CLI options of the same names (docs/cli.md).
+
+    Returns
+    -------
+    Comparison
+
+    Examples
+    --------
+    >>> result = xai.compare(model, methods="random,cam,grad_cam", n_images=8,  # doctest: +SKIP
+    ...                      metrics=["deletion", "symmetric_relevance_gain"])
+    >>> result.meta_evaluation["deletion"]["verdict"]  # doctest: +SKIP
+    'do not rank'
+    """
+    from xai.runner import CompareConfig, compare as run_compare
+
+    config = CompareConfig(
+        methods=_methods(methods), method_params=_params(params), dataset=str(dataset), model=model,
+        n_images=n_images, metrics=_methods(metrics), protocol=protocol, seed=seed, batch_size=batch_size,
+        out=str(out), backend=backend, address=address, workers=workers,
+        input_range=None if input_range is None else tuple(input_range))
+    return Comparison(run_compare(config, quiet=quiet))
