@@ -126,8 +126,10 @@ def test_compare_reports_the_meta_evaluation(model_file, tmp_path):
             assert row["rank"] is None and row["p_vs_best"] is None
         if row["metric"] == "seconds_per_image":
             assert row["p_vs_best"] is None
+    assert len(summary["verdict"]) == 3 and all(summary["verdict"])
+    assert set(summary["leaderboard"]["methods"]) == {"random", "vanilla_gradient", "cam", "grad_cam"}
     page = (run_dir / "report.html").read_text()
-    assert "Can each metric be believed?" in page and "Holm" in page
+    assert "Can each metric be believed?" in page and "Holm" in page and "<h2>Verdict</h2>" in page
     assert (run_dir / "figures" / "symmetric_relevance_gain.png").is_file()
 
 
@@ -208,3 +210,30 @@ def test_compare_warns_without_random(model_file, tmp_path):
         catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "`random` is not among the methods" in result.output
+
+
+def test_leaderboard_and_verdict_rank_only_trusted_metrics():
+    from xai.report import leaderboard, summary_table, verdict_sentences
+
+    good = _values({"a": 0.3, "b": 0.3, "c": 0.1, "random": 0.0}, noise=0.02)
+    blind = _values({"a": 0.0, "b": 0.0, "c": 0.0, "random": 0.0}, noise=0.01, seed=3)
+    arrays = {"insertion": {m: (np.asarray(i), v) for m, (i, v) in good.items()},
+              "deletion": {m: (np.asarray(i), v) for m, (i, v) in blind.items()}}
+    meta = {"insertion": evaluate_metric("insertion", good, True),
+            "deletion": evaluate_metric("deletion", blind, False)}
+    table = summary_table(arrays, trusted={"insertion"})
+    board = leaderboard(table, meta, {"a": 0.5, "b": 0.5, "c": 0.2, "random": 0.001})
+    assert board["metrics"] == ["insertion"]
+    best, other = board["methods"][:2]
+    assert {best, other} == {"a", "b"} and board["methods"][2:] == ["c", "random"]
+    cells = board["cells"]
+    assert cells[best]["insertion"]["rank"] == 1
+    assert cells[other]["insertion"]["tied_best"]  # the same effect: not separable
+    assert not cells["c"]["insertion"]["tied_best"]
+    first, second, third = verdict_sentences(board, meta)
+    assert "1 of 2 metrics can rank" in first and "deletion cannot" in first
+    assert second.startswith(f"{best} ranks best") and f"{other} cannot be told apart" in second
+    assert "is the cheapest at 0.5 s" in third
+    nothing = verdict_sentences(leaderboard(summary_table(arrays, trusted=set()), {"deletion": meta["deletion"]}, {}),
+                                {"deletion": meta["deletion"]})
+    assert "None of the 1 metrics can rank" in nothing[0] and "No method is named best" in nothing[2]

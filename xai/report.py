@@ -76,6 +76,84 @@ def summary_table(arrays: dict, trusted=None) -> list[dict]:
     return table
 
 
+#: Adebayo et al. 2018 read their checks by eye; xai states a line: a method passes when its
+#: maps' mean Spearman correlation with the original falls to this or below.
+SANITY_THRESHOLD = 0.5
+#: Colour-blind-safe sequential shades (light to dark blue, ColorBrewer "Blues") for ranks.
+RANK_SHADES = ("#eff3ff", "#c6dbef", "#9ecae1", "#6baed6", "#4292c6", "#2171b5")
+
+
+def leaderboard(table: list[dict], meta: dict, timings: dict) -> dict:
+    """Methods x trusted metrics: rank, mean, and whether the method is tied with the best
+    (Holm-corrected p >= 0.05 against it); methods ordered by mean rank over those metrics."""
+    trusted = [m for m, v in meta.items() if v.trusted]
+    cells: dict = {}
+    for row in table:
+        if row["metric"] in trusted:
+            tied = row["rank"] == 1 or (row["p_vs_best"] is not None and row["p_vs_best"] >= 0.05)
+            cells.setdefault(row["method"], {})[row["metric"]] = {
+                "rank": row["rank"], "mean": row["mean"], "tied_best": tied}
+    methods = sorted({r["method"] for r in table}, key=lambda m: (
+        np.mean([c["rank"] for c in cells.get(m, {}).values()]) if cells.get(m) else np.inf, m))
+    n = max(len(methods), 1)
+    for per_metric in cells.values():
+        for cell in per_metric.values():
+            shade = RANK_SHADES[::-1][min(len(RANK_SHADES) - 1, int((cell["rank"] - 1) * len(RANK_SHADES) / n))]
+            cell["shade"], cell["dark"] = shade, shade in RANK_SHADES[3:]
+    mean_rank = {m: float(np.mean([c["rank"] for c in cells[m].values()])) for m in cells}
+    return {"metrics": trusted, "methods": methods, "cells": cells, "mean_rank": mean_rank,
+            "seconds": {m: timings.get(m) for m in methods}}
+
+
+def verdict_sentences(board: dict, meta: dict) -> list[str]:
+    """Three sentences that answer "which explanation should I trust?" for this run."""
+    untrusted = [m for m, v in meta.items() if not v.trusted]
+    if not meta:
+        return ["This run has no per-image quality metric, so it cannot say which explanation to trust."]
+    if not board["metrics"]:
+        return [f"None of the {len(meta)} metrics can rank methods on this model and these images "
+                f"({', '.join(untrusted)}): each fails its check against `random` or does not repeat; "
+                "see the readings below before drawing any conclusion.",
+                "Add images, keep `random` among the methods, or choose metrics that separate methods "
+                "from chance here (docs/metrics.md).",
+                "No method is named best: a ranking on these numbers would be noise."]
+    first = (f"{len(board['metrics'])} of {len(meta)} metrics can rank methods here "
+             f"({', '.join(board['metrics'])})"
+             + (f"; {', '.join(untrusted)} cannot and {'is' if len(untrusted) == 1 else 'are'} shown apart."
+                if untrusted else "."))
+    ranked = [m for m in board["methods"] if m in board["mean_rank"]]
+    best = ranked[0]
+    tied = [m for m in ranked[1:] if all(board["cells"][m].get(k, {}).get("tied_best") for k in board["metrics"])]
+    second = (f"{best} ranks best on average (mean rank {board['mean_rank'][best]:.1f} over those metrics)"
+              + (f"; {', '.join(tied)} cannot be told apart from it on any of them." if tied else
+                 ", and no other method is tied with it on every one of them."))
+    costs = {m: board["seconds"].get(m) for m in [best, *tied] if board["seconds"].get(m) is not None}
+    if len(costs) > 1:
+        cheapest = min(costs, key=costs.get)
+        third = (f"Among those, {cheapest} is the cheapest at {costs[cheapest]:.3g} s per image "
+                 f"(cost is measured on this machine, not ranked).")
+    elif costs:
+        third = f"It costs {costs[best]:.3g} s per image on this machine (a cost, not ranked)."
+    else:
+        third = "Its cost was not measured."
+    return [first, second, third]
+
+
+def sanity_readings(sanity: dict, n_classes: int) -> dict:
+    """Per method: pass or fail of each check against `SANITY_THRESHOLD`, and what it means."""
+    out = {}
+    for method, r in sanity.items():
+        if "spearman_mean" not in r:
+            continue
+        cascade = r["spearman_mean"][-1] if r["spearman_mean"] else None
+        logit = r.get("random_logit_mean")
+        out[method] = {
+            "cascade": None if cascade is None else bool(abs(cascade) <= SANITY_THRESHOLD),
+            "random_logit": None if logit is None or n_classes <= 2 else bool(abs(logit) <= SANITY_THRESHOLD),
+        }
+    return out
+
+
 def metric_failures(store) -> list[dict]:
     """Metrics that raised on some batch of a method (their values there are missing)."""
     return [{"metric": key.split("::")[0], "method": key.split("::")[1], "error": error}
@@ -168,7 +246,12 @@ def write_report(run_dir) -> Path:
 
     protocols = {m.name: store.extra(f"protocol_{m.name}") for m in metric_registry.metrics()}
     protocols = {k: v for k, v in protocols.items() if v}
+    board = leaderboard(table, meta, store.timings())
+    n_classes = len(config.get("class_names", [])) or 2
     context = {
+        "board": board, "verdict": verdict_sentences(board, meta),
+        "sanity_readings": sanity_readings(sanity, n_classes), "sanity_threshold": SANITY_THRESHOLD,
+        "n_classes": n_classes,
         "config": config, "table": table, "figures": figures, "failures": store.failures(),
         "sanity": sanity, "protocols": protocols, "metric_info": metric_info(),
         "meta": {m: v.to_dict() for m, v in meta.items()},
@@ -195,7 +278,10 @@ def write_report(run_dir) -> Path:
     with open(run_dir / "results.json", "w") as fh:
         head = json.dumps({
             "config": config, "summary": [{k: clean(v) for k, v in r.items()} for r in table],
+            "verdict": verdict_sentences(board, meta),
+            "leaderboard": {k: board[k] for k in ("metrics", "methods", "mean_rank", "seconds")},
             "meta_evaluation": {m: v.to_dict() for m, v in meta.items()},
+            "sanity_readings": sanity_readings(sanity, n_classes),
             "metric_failures": metric_failures(store),
             "sanity": sanity, "failures": store.failures(),
             "not_applicable": store.extra("not_applicable", {}),
