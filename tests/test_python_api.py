@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 
 import xai
 from xai.runner import model_digest
@@ -42,3 +43,25 @@ def test_model_digest_follows_the_weights_not_the_object():
     weights[0] = weights[0] + np.float32(1e-3)
     clone.set_weights(weights)
     assert model_digest(clone) != model_digest(model)
+
+
+def test_explain_gives_the_seed_picture_in_one_call(tmp_path):
+    from PIL import Image
+
+    model = _tiny()
+    image = np.random.default_rng(0).random((32, 32, 3), dtype=np.float32)
+    explanation = xai.explain(image, "vanilla_gradient,cam", model)
+    assert list(explanation.maps) == ["vanilla_gradient", "cam"]
+    direct = xai.create_explainer("cam", model).explain(image[None], [explanation.target])[0]
+    np.testing.assert_allclose(explanation.maps["cam"], direct, rtol=1e-5, atol=1e-7)
+    assert explanation._repr_png_().startswith(b"\x89PNG")
+    assert explanation.save(tmp_path / "seed.png").stat().st_size > 1000
+    # From a file, resized to the model's input, for a chosen class.
+    path = tmp_path / "photo.png"
+    Image.fromarray((np.random.default_rng(1).random((50, 40, 3)) * 255).astype(np.uint8)).save(path)
+    from_file = xai.explain(path, ["vanilla_gradient"], model, target=1)
+    assert from_file.target == 1 and from_file.maps["vanilla_gradient"].shape == (32, 32)
+    with pytest.raises(xai.ParameterError, match="target"):
+        xai.explain(image, "cam", model, target=7)
+    with pytest.raises(xai.DataError, match="input size"):
+        xai.explain(np.zeros((16, 16, 3), np.float32), "cam", model)

@@ -27,6 +27,8 @@ _LAZY = {
     "vgg16_gap": "xai.models",
     "compare": "xai.api",
     "Comparison": "xai.api",
+    "explain": "xai.api",
+    "Explanation": "xai.api",
     "create_explainer": "xai.registry",
     "list_explainers": "xai.registry",
     "plugin_errors": "xai.registry",
@@ -39,13 +41,13 @@ _SUBMODULES = ("explainer", "models", "registry")
 __all__ = [
     "Comparison", "ConfigError", "DataError", "Explainer", "MissingDependencyError", "ModelError", "ModelSpec",
     "Param", "ParameterError", "PerturbationExplainer", "PluginError", "StoreError", "XAIError",
-    "compare", "create_explainer", "list_explainers", "models", "plugin_errors", "plugin_info",
+    "compare", "create_explainer", "explain", "Explanation", "list_explainers", "models", "plugin_errors", "plugin_info",
     "register_explainer", "vgg16_gap", "__version__",
 ]
 
 if _typing.TYPE_CHECKING:  # what type checkers and IDEs see; at run time these load on first use
     from xai import explainer, models, registry  # noqa: F401
-    from xai.api import Comparison, compare  # noqa: F401
+    from xai.api import Comparison, Explanation, compare, explain  # noqa: F401
     from xai.explainer import Explainer, Param, PerturbationExplainer  # noqa: F401
     from xai.models import ModelSpec, vgg16_gap  # noqa: F401
     from xai.registry import (create_explainer, list_explainers, plugin_errors,  # noqa: F401

@@ -135,3 +135,118 @@ def compare(model=None, *, methods: Union[str, Sequence[str], None] = None, data
         out=str(out), backend=backend, address=address, workers=workers,
         input_range=None if input_range is None else tuple(input_range))
     return Comparison(run_compare(config, quiet=quiet))
+
+
+class Explanation:
+    """One image explained by several methods: the seed's picture (image, grey map, overlay).
+
+    Attributes
+    ----------
+    image : (H, W, C) array in the model's input range
+    maps : dict method -> (H, W) map
+    target : the explained class index; predicted : the model's class
+    class_names : the model's class names
+    """
+
+    def __init__(self, image, maps, target, predicted, class_names, input_range, title=None):
+        self.image, self.maps, self.target, self.predicted = image, maps, int(target), int(predicted)
+        self.class_names, self.input_range, self.title = class_names, input_range, title
+
+    def figure(self):
+        """The seed's figure: the image, then per method its grey map and its overlay."""
+        from xai import display
+
+        name = self.class_names[self.predicted] if self.class_names else str(self.predicted)
+        return display.explanation_figure(self.image, self.maps, title=self.title or f"predicted: {name}",
+                                          input_range=self.input_range)
+
+    def save(self, path, dpi: int = 120) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.figure().savefig(path, dpi=dpi)
+        return path
+
+    def _repr_png_(self) -> bytes:
+        import io
+
+        buffer = io.BytesIO()
+        self.figure().savefig(buffer, format="png", dpi=100)
+        return buffer.getvalue()
+
+    def __repr__(self) -> str:
+        return f"Explanation(methods={list(self.maps)}, target={self.target}, predicted={self.predicted})"
+
+
+def explain_batch(images, methods: Sequence[str], model, *, target: Optional[int] = None,
+                  params: Optional[Mapping] = None):
+    """(maps by method (N, H, W), predicted classes (N,), spec) of `images` already in the
+    model's input range; the work behind `explain` and ``xai explain``."""
+    import numpy as np
+
+    import xai
+    from xai.head import ModelHead
+
+    known = xai.list_explainers()
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise xai.PluginError(f"unknown method(s) {unknown}; registered: {', '.join(known)}.")
+    spec = xai.models.model_spec(model)
+    if target is not None and not 0 <= target < spec.num_classes:
+        raise xai.ParameterError(f"target must be a class index from 0 to {spec.num_classes - 1} "
+                                 f"(the model has {spec.num_classes} outputs); got {target}.")
+    options = _params(params)
+    targets = None if target is None else np.full(len(images), target)
+    maps = {m: xai.create_explainer(m, model, **options.get(m, {})).explain(images, targets) for m in methods}
+    predicted = np.argmax(ModelHead(model)(images)["probabilities"], axis=-1)
+    return maps, predicted, spec
+
+
+def explain(image, methods: Union[str, Sequence[str]] = "vanilla_gradient", model=None, *,
+            target: Optional[int] = None, params: Optional[Mapping] = None,
+            input_range: Optional[Sequence[float]] = None) -> Explanation:
+    """Explain one image with one or more methods: the seed's picture in one call.
+
+    Parameters
+    ----------
+    image : path to an image file, or an (H, W, C) array with values in [0, 1]
+        Resized to the model's input size (files) and scaled to its input range.
+    methods : str (comma-separated) or list, default "vanilla_gradient"
+    model : path, keras.Model or None (the offline default)
+    target : class to explain (default: the predicted class)
+    params : explainer parameters, as for `compare`
+
+    Returns
+    -------
+    Explanation, shown as the figure in Jupyter; ``.save("out.png")`` writes it.
+    """
+    import dataclasses
+
+    import numpy as np
+
+    import xai
+    from xai import data
+    from xai.runner import resolve_model
+
+    net, _ = resolve_model(model, verbose=0)
+    net = xai.models.prepare_model(net)
+    if input_range is not None:
+        net = xai.models.attach_spec(net, dataclasses.replace(
+            xai.models.model_spec(net), input_range=tuple(float(v) for v in input_range)))
+    spec = xai.models.model_spec(net)
+    if isinstance(image, (str, Path)):
+        unit = data.load_images([image], spec.input_shape[:2])
+        title = Path(image).name
+    else:
+        unit = np.asarray(image, np.float32)[None]
+        title = None
+        if unit.shape[1:] != tuple(spec.input_shape):
+            raise xai.DataError(f"image must be {tuple(spec.input_shape)} with values in [0, 1] "
+                                f"(the model's input size); got {unit.shape[1:]}.")
+    low, high = spec.input_range
+    batch = unit * np.float32(high - low) + np.float32(low)
+    methods = _methods(methods) or []
+    maps, predicted, spec = explain_batch(batch, methods, net, target=target, params=params)
+    explained = int(predicted[0]) if target is None else int(target)
+    names = spec.class_names or tuple(str(i) for i in range(spec.num_classes))
+    return Explanation(batch[0], {m: maps[m][0] for m in methods}, explained, int(predicted[0]), names,
+                       spec.input_range, title=None if title is None else f"{title}: {names[int(predicted[0])]}")

@@ -235,6 +235,7 @@ def explain(images, methods, model, target, params, out, input_range):
 
     import xai
     from xai import data, display
+    from xai.api import explain_batch
     from xai.runner import resolve_model
 
     known = xai.list_explainers()
@@ -256,11 +257,7 @@ def explain(images, methods, model, target, params, out, input_range):
     click.echo(describe_input(spec), err=True)
     low, high = spec.input_range
     batch = data.load_images(list(images), spec.input_shape[:2]) * np.float32(high - low) + np.float32(low)
-    maps = {m: xai.create_explainer(m, net, **options.get(m, {})).explain(
-        batch, None if target is None else np.full(len(batch), target)) for m in methods}
-    from xai.head import ModelHead
-
-    predicted = np.argmax(ModelHead(net)(batch)["probabilities"], axis=-1)
+    maps, predicted, _ = explain_batch(batch, methods, net, target=target, params=options)
     names = spec.class_names or tuple(str(i) for i in range(spec.num_classes))
     figs = [display.explanation_figure(batch[i], {m: maps[m][i] for m in methods},
                                        title=f"{Path(images[i]).name}: {names[predicted[i]]}",
