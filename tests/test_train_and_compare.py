@@ -49,21 +49,25 @@ def run_dir(trained_default, tmp_path_factory):
 class _Images(html.parser.HTMLParser):
     def __init__(self):
         super().__init__()
-        self.srcs = []
+        self.srcs, self.alts = [], []
 
     def handle_starttag(self, tag, attrs):
         if tag == "img":
             self.srcs.append(dict(attrs)["src"])
+            self.alts.append(dict(attrs).get("alt"))
 
 
 def test_compare_writes_every_report_file(run_dir):
     for name in ("report.html", "report.md", "results.json", "results.csv", "results.sqlite",
-                 "figures/deletion.png", "figures/insertion.png", "figures/examples.png",
-                 "figures/sanity.png", "model.keras"):
+                 "figures/deletion.png", "figures/insertion.png", "figures/sanity.png", "model.keras",
+                 *(f"figures/gallery-{n}.png" for n in range(4))):  # --n-examples 4 (the default)
         assert (run_dir / name).is_file(), name
     parser = _Images()
-    parser.feed((run_dir / "report.html").read_text())
-    assert len(parser.srcs) == 4
+    page = (run_dir / "report.html").read_text()
+    parser.feed(page)
+    assert len(parser.srcs) == 3 + 4  # curves, sanity, one gallery figure per example image
+    assert "<h2>Verdict</h2>" in page and 'id="gallery"' in page and 'scope="col"' in page
+    assert all(alt for alt in parser.alts)
     import matplotlib.image
     import io
     for src in parser.srcs:
@@ -109,8 +113,10 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     marker = 'data-sizes="'
     assert marker in out.stdout, out.stderr[-1500:]
     sizes = json.loads(html.unescape(out.stdout.split(marker, 1)[1].split('"', 1)[0]))
-    assert len(sizes) == 4
+    assert len(sizes) == 3 + 4
     assert all(w > 0 and h > 0 and shown > 0 for w, h, shown in sizes)
+    # Readable at report width: no figure is shown narrower than half its drawn width.
+    assert all(shown >= 0.5 * min(w, 1000) for w, h, shown in sizes)
 
 
 def _values(run_dir):

@@ -89,3 +89,28 @@ def grid_figure(images: Sequence[np.ndarray], maps_by_method: Mapping[str, Seque
         ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def gallery_figure(image: np.ndarray, maps_by_method: Mapping[str, np.ndarray],
+                   mask: Optional[np.ndarray] = None, input_range=(0.0, 1.0)) -> Figure:
+    """One image against every method, readable at report width: the image (object outline
+    in white where a mask is known), then a column per method, its grey map above its overlay."""
+    methods = list(maps_by_method)
+    cols = 1 + len(methods)
+    fig = Figure(figsize=(min(1.25 * cols, 11.0), 2.7))
+    axes = fig.subplots(2, cols, squeeze=False)
+    image = to_unit(image, input_range)
+    axes[0, 0].imshow(image)
+    axes[0, 0].set_title("image", fontsize=7)
+    axes[1, 0].imshow(image)
+    if mask is not None:
+        axes[1, 0].contour(mask, levels=[0.5], colors="white", linewidths=0.8)
+        axes[1, 0].set_title("object", fontsize=7)
+    for k, method in enumerate(methods, start=1):
+        axes[0, k].imshow(to_grey(maps_by_method[method]), cmap="gray", vmin=0, vmax=255)
+        axes[0, k].set_title(method.replace("_", " "), fontsize=7)
+        axes[1, k].imshow(overlay(image, maps_by_method[method]))
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout(pad=0.3)
+    return fig

@@ -79,6 +79,8 @@ def summary_table(arrays: dict, trusted=None) -> list[dict]:
 #: Adebayo et al. 2018 read their checks by eye; xai states a line: a method passes when its
 #: maps' mean Spearman correlation with the original falls to this or below.
 SANITY_THRESHOLD = 0.5
+#: Okabe & Ito's colour-blind-safe qualitative palette (curves; line styles repeat it past 8).
+OKABE_ITO = ("#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7")
 #: Colour-blind-safe sequential shades (light to dark blue, ColorBrewer "Blues") for ranks.
 RANK_SHADES = ("#eff3ff", "#c6dbef", "#9ecae1", "#6baed6", "#4292c6", "#2171b5")
 
@@ -160,29 +162,55 @@ def metric_failures(store) -> list[dict]:
             for key, error in sorted(store.extras_under("metric_error::").items())]
 
 
-def _png(fig, path: Path) -> str:
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+def _png(fig, path: Path, dpi: int = 110) -> str:
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return base64.b64encode(path.read_bytes()).decode()
 
 
+def _gallery(store, figures_dir: Path, input_range) -> list[dict]:
+    """Per stored example image: one figure of every method's grey map and overlay, and the
+    image's own value on every metric. The report grows by one small PNG per example image
+    (``--n-examples``), never with the number of images in the run."""
+    examples = store.examples()
+    if not examples:
+        return []
+    ids = set(examples)
+    scores: dict = {}
+    for image_id, method, metric, value in store.iter_values():
+        if image_id in ids and not metric_registry.is_replicate(metric):
+            scores.setdefault(image_id, {}).setdefault(method, {})[metric] = float(value)
+    entries = []
+    for n, (image_id, entry) in enumerate(examples.items()):
+        methods = sorted(entry["maps"])
+        fig = display.gallery_figure(entry["image"], {m: entry["maps"][m] for m in methods},
+                                     mask=entry["mask"], input_range=input_range)
+        name = f"gallery-{n}.png"
+        entries.append({"id": image_id, "anchor": f"image-{n}", "file": f"figures/{name}",
+                        "data": _png(fig, figures_dir / name, dpi=72), "methods": methods,
+                        "scores": scores.get(image_id, {}),
+                        "metrics": sorted({k for v in scores.get(image_id, {}).values() for k in v})})
+    return entries
+
+
 def _curve_figure(metric: str, curves: dict):
-    fig = Figure(figsize=(5.2, 3.4))
+    fig = Figure(figsize=(7.0, 3.4))
     ax = fig.subplots()
-    for method, (x, mean, std, n) in sorted(curves.items()):
+    for k, (method, (x, mean, std, n)) in enumerate(sorted(curves.items())):
         half = 1.96 * std / np.sqrt(n)
-        ax.plot(x, mean, label=method)
-        ax.fill_between(x, mean - half, mean + half, alpha=0.2)
+        colour = OKABE_ITO[k % len(OKABE_ITO)]
+        ax.plot(x, mean, label=method, color=colour, linestyle=("-", "--", ":")[k // len(OKABE_ITO) % 3])
+        ax.fill_between(x, mean - half, mean + half, alpha=0.15, color=colour)
     ax.set_xlabel("fraction of pixels " + ("inserted" if metric == "insertion" else "removed"))
     ax.set_ylabel("LeRF minus MoRF score" if metric == "symmetric_relevance_gain" else "target-class score")
     ax.set_title(f"{metric} (mean, 95% CI band)")
     ax.set_xlim(0, 1)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside, not over
     fig.tight_layout()
     return fig
 
 
 def _sanity_figure(sanity: dict):
-    fig = Figure(figsize=(5.2, 3.4))
+    fig = Figure(figsize=(7.0, 3.4))
     ax = fig.subplots()
     for method, r in sorted(sanity.items()):
         if "layers" in r:
@@ -192,7 +220,7 @@ def _sanity_figure(sanity: dict):
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_ylabel("Spearman vs original map")
     ax.set_title("cascading randomisation (top layer first)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return fig
 
@@ -225,19 +253,7 @@ def write_report(run_dir) -> Path:
         if curves:
             figures.append({"title": f"{metric.replace('_', ' ').capitalize()} curves", "file": f"figures/{metric}.png",
                             "data": _png(_curve_figure(metric, curves), figures_dir / f"{metric}.png")})
-    examples = store.examples()
-    if examples:
-        ids = list(examples)
-        methods = sorted({m for e in examples.values() for m in e["maps"]})
-        complete = [i for i in ids if all(m in examples[i]["maps"] for m in methods)]
-        if complete:
-            fig = display.grid_figure([examples[i]["image"] for i in complete],
-                                      {m: [examples[i]["maps"][m] for i in complete] for m in methods},
-                                      row_titles=complete, masks=[examples[i]["mask"] for i in complete],
-                                      input_range=tuple(store.config.get("input_range", (0.0, 1.0))))
-            figures.append({"title": "Examples (grey map and overlay; white outline = object mask)",
-                            "file": "figures/examples.png",
-                            "data": _png(fig, figures_dir / "examples.png")})
+    gallery = _gallery(store, figures_dir, tuple(store.config.get("input_range", (0.0, 1.0))))
     sanity = store.extra("sanity", {})
     if any("layers" in r for r in sanity.values()):
         figures.append({"title": "Sanity check: model parameter randomisation",
@@ -249,7 +265,7 @@ def write_report(run_dir) -> Path:
     board = leaderboard(table, meta, store.timings())
     n_classes = len(config.get("class_names", [])) or 2
     context = {
-        "board": board, "verdict": verdict_sentences(board, meta),
+        "board": board, "verdict": verdict_sentences(board, meta), "gallery": gallery,
         "sanity_readings": sanity_readings(sanity, n_classes), "sanity_threshold": SANITY_THRESHOLD,
         "n_classes": n_classes,
         "config": config, "table": table, "figures": figures, "failures": store.failures(),
