@@ -65,3 +65,31 @@ def test_explain_gives_the_seed_picture_in_one_call(tmp_path):
         xai.explain(image, "cam", model, target=7)
     with pytest.raises(xai.DataError, match="input size"):
         xai.explain(np.zeros((16, 16, 3), np.float32), "cam", model)
+
+
+def test_gallery_spans_batches_and_pages(tmp_path, monkeypatch):
+    import html.parser
+
+    from xai import report
+
+    monkeypatch.setattr(report, "GALLERY_PAGE", 3)
+    result = xai.compare(_tiny(), methods="random,cam", n_images=8, batch_size=4, n_examples=8,
+                         metrics=["deletion"], out=tmp_path, quiet=True)
+
+    class Images(html.parser.HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.alts = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img" and "Image offline" in (dict(attrs).get("alt") or ""):
+                self.alts.append(dict(attrs)["alt"])
+
+    counts = []
+    for name in ("report.html", "gallery-2.html", "gallery-3.html"):
+        parser = Images()
+        parser.feed((result.run_dir / name).read_text())
+        counts.append(len(parser.alts))
+    assert counts == [3, 3, 2]  # 8 example images from both batches, 3 per page
+    assert not (result.run_dir / "gallery-4.html").exists()
+    assert "gallery-2.html" in (result.run_dir / "report.html").read_text()

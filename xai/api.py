@@ -102,7 +102,8 @@ def compare(model=None, *, methods: Union[str, Sequence[str], None] = None, data
             n_images: int = 64, metrics: Union[str, Sequence[str], None] = None, protocol: str = "rise",
             seed: int = 0, params: Optional[Mapping] = None, out: str = "xai-runs", backend: str = "local",
             address: Optional[str] = None, workers: Optional[int] = None, quiet: bool = False,
-            batch_size: int = 16, input_range: Optional[Sequence[float]] = None) -> Comparison:
+            batch_size: int = 16, n_examples: int = 4,
+            input_range: Optional[Sequence[float]] = None) -> Comparison:
     """Run (or resume) a comparison and return its results; `xai compare` in Python.
 
     Parameters
@@ -132,6 +133,7 @@ def compare(model=None, *, methods: Union[str, Sequence[str], None] = None, data
     config = CompareConfig(
         methods=_methods(methods), method_params=_params(params), dataset=str(dataset), model=model,
         n_images=n_images, metrics=_methods(metrics), protocol=protocol, seed=seed, batch_size=batch_size,
+        n_examples=n_examples,
         out=str(out), backend=backend, address=address, workers=workers,
         input_range=None if input_range is None else tuple(input_range))
     return Comparison(run_compare(config, quiet=quiet))

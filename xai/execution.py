@@ -107,10 +107,10 @@ class WorkPlan:
                 curves += [(i, name, x, y) for i, y in zip(ids, ys)]
             if result.protocol is not None:
                 protocols[name] = result.protocol
-        examples = []
-        if batch["index"] == 0:
-            examples = [(ids[j], images[j], maps[j], None if masks is None else masks[j])
-                        for j in range(min(self.n_examples, len(images)))]
+        # The run's first n_examples images, whichever batches they fall in (the gallery).
+        first = batch.get("start", batch["index"] * len(images))
+        examples = [(ids[j], images[j], maps[j], None if masks is None else masks[j])
+                    for j in range(max(0, min(self.n_examples - first, len(images))))]
         return {"seconds": seconds, "values": values, "curves": curves, "examples": examples,
                 "protocols": protocols, "metric_errors": metric_errors}
 

@@ -76,6 +76,8 @@ def summary_table(arrays: dict, trusted=None) -> list[dict]:
     return table
 
 
+#: Example images shown in report.html; the rest of the gallery goes to further pages of this size.
+GALLERY_PAGE = 12
 #: Adebayo et al. 2018 read their checks by eye; xai states a line: a method passes when its
 #: maps' mean Spearman correlation with the original falls to this or below.
 SANITY_THRESHOLD = 0.5
@@ -254,6 +256,8 @@ def write_report(run_dir) -> Path:
             figures.append({"title": f"{metric.replace('_', ' ').capitalize()} curves", "file": f"figures/{metric}.png",
                             "data": _png(_curve_figure(metric, curves), figures_dir / f"{metric}.png")})
     gallery = _gallery(store, figures_dir, tuple(store.config.get("input_range", (0.0, 1.0))))
+    pages = [gallery[k:k + GALLERY_PAGE] for k in range(0, len(gallery), GALLERY_PAGE)] or [[]]
+    page_names = [f"gallery-{n}.html" for n in range(2, len(pages) + 1)]
     sanity = store.extra("sanity", {})
     if any("layers" in r for r in sanity.values()):
         figures.append({"title": "Sanity check: model parameter randomisation",
@@ -265,7 +269,8 @@ def write_report(run_dir) -> Path:
     board = leaderboard(table, meta, store.timings())
     n_classes = len(config.get("class_names", [])) or 2
     context = {
-        "board": board, "verdict": verdict_sentences(board, meta), "gallery": gallery,
+        "board": board, "verdict": verdict_sentences(board, meta), "gallery": pages[0],
+        "gallery_pages": page_names, "n_examples": len(gallery),
         "sanity_readings": sanity_readings(sanity, n_classes), "sanity_threshold": SANITY_THRESHOLD,
         "n_classes": n_classes,
         "config": config, "table": table, "figures": figures, "failures": store.failures(),
@@ -281,6 +286,11 @@ def write_report(run_dir) -> Path:
                              autoescape=jinja2.select_autoescape(["html", "j2"]),
                              undefined=jinja2.StrictUndefined)
     (run_dir / "report.html").write_text(env.get_template("report.html.j2").render(**context))
+    for n, (name, entries) in enumerate(zip(page_names, pages[1:]), start=2):
+        (run_dir / name).write_text(env.get_template("gallery_page.html.j2").render(
+            gallery=entries, page=n, n_pages=len(pages), run_id=run_dir.name, fmt=_fmt,
+            previous="report.html#gallery" if n == 2 else page_names[n - 3],
+            next=page_names[n - 1] if n - 1 < len(page_names) else None))
     md_env = jinja2.Environment(loader=jinja2.PackageLoader("xai", "templates"), autoescape=False,
                                 undefined=jinja2.StrictUndefined)
     (run_dir / "report.md").write_text(md_env.get_template("report.md.j2").render(**context))

@@ -264,7 +264,7 @@ def _batches(dataset, batch_size: int, has_masks: bool, input_range=(0.0, 1.0)):
         images = batch["image"].numpy()
         if (low, high) != (0.0, 1.0):
             images = images * np.float32(high - low) + np.float32(low)
-        yield {"index": index, "ids": [i.decode() for i in batch["id"].numpy()],
+        yield {"index": index, "start": index * batch_size, "ids": [i.decode() for i in batch["id"].numpy()],
                "images": images, "labels": labels, "targets": labels.astype(np.int32),
                "masks": batch["mask"].numpy() if has_masks else None}
 
