@@ -55,6 +55,7 @@ def test_explain_gives_the_seed_picture_in_one_call(tmp_path):
     direct = xai.create_explainer("cam", model).explain(image[None], [explanation.target])[0]
     np.testing.assert_allclose(explanation.maps["cam"], direct, rtol=1e-5, atol=1e-7)
     assert explanation._repr_png_().startswith(b"\x89PNG")
+    assert explanation._repr_html_().startswith("<img alt=") and "base64," in explanation._repr_html_()
     assert explanation.save(tmp_path / "seed.png").stat().st_size > 1000
     # From a file, resized to the model's input, for a chosen class.
     path = tmp_path / "photo.png"

@@ -175,6 +175,13 @@ class Explanation:
         self.figure().savefig(buffer, format="png", dpi=100)
         return buffer.getvalue()
 
+    def _repr_html_(self) -> str:
+        import base64
+
+        data = base64.b64encode(self._repr_png_()).decode()
+        return (f'<img alt="the image, then for each of {html.escape(", ".join(self.maps))}: its grey map '
+                f'and its overlay" src="data:image/png;base64,{data}">')
+
     def __repr__(self) -> str:
         return f"Explanation(methods={list(self.maps)}, target={self.target}, predicted={self.predicted})"
 
