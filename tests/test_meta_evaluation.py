@@ -102,7 +102,7 @@ def test_seed_agreement_and_unchecked_runs():
 
 def test_compare_reports_the_meta_evaluation(model_file, tmp_path):
     result = CliRunner().invoke(main, [
-        "compare", "--model", str(model_file), "--n-images", "8", "--batch-size", "4",
+        "compare", "--model", str(model_file), "--n-images", "8", "--batch-size", "4", "--n-examples", "6",
         "--methods", "random,vanilla_gradient,cam,grad_cam", "--metrics", "deletion,symmetric_relevance_gain,mufidelity",
         "--out", str(tmp_path), "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -131,6 +131,8 @@ def test_compare_reports_the_meta_evaluation(model_file, tmp_path):
     page = (run_dir / "report.html").read_text()
     assert "Can each metric be believed?" in page and "Holm" in page and "<h2>Verdict</h2>" in page
     assert (run_dir / "figures" / "symmetric_relevance_gain.png").is_file()
+    # --n-examples 6 over batches of 4: the gallery spans both batches.
+    assert [(run_dir / "figures" / f"gallery-{n}.png").is_file() for n in range(7)] == [True] * 6 + [False]
 
 
 def test_deletion_with_noisy_linear_imputation_scores_the_imputed_images():

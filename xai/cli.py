@@ -286,6 +286,8 @@ def explain(images, methods, model, target, params, out, input_range):
               help="Deletion/insertion preset (see docs/metrics.md).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--n-examples", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Images shown in the report's gallery (12 per page; further pages beside the report).")
 @click.option("--param", "params", multiple=True, help="METHOD.PARAM=VALUE, e.g. smoothgrad.n_samples=20.")
 @click.option("--out", type=click.Path(file_okay=False), default="xai-runs", show_default=True)
 @click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
@@ -296,8 +298,8 @@ def explain(images, methods, model, target, params, out, input_range):
               help="Ray workers (default: one per cluster node).")
 @INPUT_RANGE
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def compare(methods, dataset, model, n_images, metrics, protocol, seed, batch_size, params, out, backend,
-            address, workers, input_range, quiet):
+def compare(methods, dataset, model, n_images, metrics, protocol, seed, batch_size, n_examples, params, out,
+            backend, address, workers, input_range, quiet):
     """Run every method on every image, score it, store the results, write the report.
 
     Rerunning the same command resumes the run: finished work is not recomputed.
@@ -315,7 +317,8 @@ def compare(methods, dataset, model, n_images, metrics, protocol, seed, batch_si
     config = CompareConfig(
         methods=names(methods), method_params=method_params, dataset=dataset, model=model,
         n_images=n_images, metrics=names(metrics), protocol=protocol, seed=seed, batch_size=batch_size,
-        out=out, backend=backend, address=address, workers=workers, input_range=input_range)
+        n_examples=n_examples, out=out, backend=backend, address=address, workers=workers,
+        input_range=input_range)
     run_dir = run_compare(config, quiet=quiet)
     _summarise_run(run_dir)
     from xai.store import ResultsStore
