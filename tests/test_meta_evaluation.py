@@ -239,3 +239,18 @@ def test_leaderboard_and_verdict_rank_only_trusted_metrics():
     nothing = verdict_sentences(leaderboard(summary_table(arrays, trusted=set()), {"deletion": meta["deletion"]}, {}),
                                 {"deletion": meta["deletion"]})
     assert "None of the 1 metrics can rank" in nothing[0] and "No method is named best" in nothing[2]
+
+
+def test_sanity_readings_against_the_stated_threshold():
+    from xai.report import SANITY_THRESHOLD, sanity_readings
+
+    sanity = {"faithful": {"spearman_mean": [0.9, 0.3, SANITY_THRESHOLD], "random_logit_mean": -0.2},
+              "blind": {"spearman_mean": [1.0, 0.99, 0.98], "random_logit_mean": 0.97},
+              "undefined": {"spearman_mean": [0.5, float("nan")], "random_logit_mean": None},
+              "crashed": {"error": "boom"}}
+    three = sanity_readings(sanity, n_classes=3)
+    assert three["faithful"] == {"cascade": True, "random_logit": True}
+    assert three["blind"] == {"cascade": False, "random_logit": False}
+    assert three["undefined"] == {"cascade": None, "random_logit": None} and "crashed" not in three
+    # Two classes: the random-logit check is degenerate and not read.
+    assert sanity_readings(sanity, n_classes=2)["blind"] == {"cascade": False, "random_logit": None}

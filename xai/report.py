@@ -149,8 +149,9 @@ def sanity_readings(sanity: dict, n_classes: int) -> dict:
     for method, r in sanity.items():
         if "spearman_mean" not in r:
             continue
-        cascade = r["spearman_mean"][-1] if r["spearman_mean"] else None
-        logit = r.get("random_logit_mean")
+        finite = lambda v: v if v is not None and np.isfinite(v) else None  # noqa: E731
+        cascade = finite(r["spearman_mean"][-1]) if r["spearman_mean"] else None
+        logit = finite(r.get("random_logit_mean"))
         out[method] = {
             "cascade": None if cascade is None else bool(abs(cascade) <= SANITY_THRESHOLD),
             "random_logit": None if logit is None or n_classes <= 2 else bool(abs(logit) <= SANITY_THRESHOLD),
