@@ -116,8 +116,12 @@ def _half_means(per_method: Mapping[str, tuple]) -> tuple[dict, dict]:
 
 
 def _means(per_method: Mapping[str, tuple]) -> dict:
-    return {m: float(np.nanmean(v)) if np.isfinite(v).any() else np.nan
-            for m, (_, v) in ((m, (i, np.asarray(v, np.float64))) for m, (i, v) in per_method.items())}
+    """Each method's mean over its finite values (NaN when it has none)."""
+    out = {}
+    for method, (_, values) in per_method.items():
+        v = np.asarray(values, np.float64)
+        out[method] = float(np.nanmean(v)) if np.isfinite(v).any() else np.nan
+    return out
 
 
 def evaluate_metric(metric: str, per_method: Mapping[str, tuple], higher_is_better: bool, *,

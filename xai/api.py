@@ -38,7 +38,9 @@ class Comparison:
         self.summary = data["summary"]
         self.meta_evaluation = data.get("meta_evaluation", {})
         self.failures = data.get("failures", [])
-        self.rows = [r for r in data["values"] if "#" not in r["metric"]]
+        from xai.evaluation.registry import is_replicate
+
+        self.rows = [r for r in data["values"] if not is_replicate(r["metric"])]
 
     @property
     def report(self) -> Path:

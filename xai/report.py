@@ -177,10 +177,9 @@ def _gallery(store, figures_dir: Path, input_range) -> list[dict]:
     examples = store.examples()
     if not examples:
         return []
-    ids = set(examples)
     scores: dict = {}
-    for image_id, method, metric, value in store.iter_values():
-        if image_id in ids and not metric_registry.is_replicate(metric):
+    for image_id, method, metric, value in store.values_of(examples):
+        if not metric_registry.is_replicate(metric):
             scores.setdefault(image_id, {}).setdefault(method, {})[metric] = float(value)
     entries = []
     for n, (image_id, entry) in enumerate(examples.items()):

@@ -291,6 +291,16 @@ class ResultsStore:
             yield i, m, k, (np.nan if v is None else v)
 
     @_guarded
+    def values_of(self, image_ids) -> list[tuple]:
+        """(image_id, method, metric, value) rows of these images only (the report's gallery)."""
+        ids, rows = list(image_ids), []
+        for start in range(0, len(ids), 500):  # under SQLite's limit on bound parameters
+            chunk = ids[start:start + 500]
+            rows += self.db.execute("SELECT image_id, method, metric, value FROM vals WHERE image_id IN "
+                                    f"({','.join('?' * len(chunk))})", chunk).fetchall()
+        return [(i, m, k, np.nan if v is None else v) for i, m, k, v in rows]
+
+    @_guarded
     def value_arrays(self) -> dict:
         """metric -> method -> (image ids, float64 values): compact, for summaries."""
         out: dict = {}
