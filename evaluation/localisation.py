@@ -29,10 +29,14 @@ def default_tolerance(height: int, width: int) -> int:
 def pointing_game(maps, masks, tolerance: Optional[int] = None) -> np.ndarray:
     """1.0 where the map's maximum falls inside the object (grown by `tolerance` pixels).
 
-    Zhang et al., "Top-down Neural Attention by Excitation Backprop", ECCV 2016. The
-    maximum is the first in row-major order among ties; the mask is dilated by a disc of
-    radius `tolerance` (default: 15 px at 224x224, scaled). Images with an empty mask
-    score NaN (nothing to point at).
+    Zhang et al., "Top-down Neural Attention by Excitation Backprop", ECCV 2016. The mask is
+    dilated by a disc of radius `tolerance` (default: 15 px at 224x224, scaled). Where the
+    maximum is tied (a map upsampled from a coarse grid is flat over whole blocks, up to
+    the image's corner), the score is the share of the tied pixels inside the object: the
+    expected hit of a pointer that picks one of them at random, so a constant map scores
+    chance, not whatever lies in the top-left corner (taking the first maximum in memory
+    order, as `argmax` does, sends every tie there). Images with an empty mask score NaN
+    (nothing to point at).
 
     Examples
     --------
@@ -40,6 +44,8 @@ def pointing_game(maps, masks, tolerance: Optional[int] = None) -> np.ndarray:
     >>> masks = np.zeros((1, 5, 5)); masks[0, 0:2, 0:2] = 1
     >>> pointing_game(maps, masks, tolerance=0).tolist()
     [1.0]
+    >>> pointing_game(np.ones((1, 5, 5)), masks, tolerance=0).tolist()  # a tie everywhere
+    [0.16]
     """
     m, g = _check(maps, masks)
     n, h, w = m.shape
@@ -52,8 +58,9 @@ def pointing_game(maps, masks, tolerance: Optional[int] = None) -> np.ndarray:
         g_tol = np.stack([ndimage.binary_dilation(gi, structure=disc) for gi in g])
     else:
         g_tol = g
-    peak = m.reshape(n, -1).argmax(axis=1)
-    hits = g_tol.reshape(n, -1)[np.arange(n), peak].astype(np.float64)
+    flat = m.reshape(n, -1)
+    peaks = flat == flat.max(axis=1, keepdims=True)
+    hits = (peaks & g_tol.reshape(n, -1)).sum(axis=1) / peaks.sum(axis=1)
     hits[~g.reshape(n, -1).any(axis=1)] = np.nan
     return hits
 

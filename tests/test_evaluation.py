@@ -149,6 +149,24 @@ def test_pointing_game_and_relevance_mass_by_hand():
     assert np.isnan(ev.pointing_game(maps[:1], np.zeros((1, 10, 10)))[0])
 
 
+def test_pointing_game_scores_a_tied_maximum_by_the_share_of_its_pixels_on_the_object():
+    """A 2x2 map blown up bilinearly is flat over each corner block: the tie is the block,
+    not its top-left pixel (which argmax would pick, wherever the object is)."""
+    import tensorflow as tf
+
+    grid = np.array([[[0.0, 0.0], [0.0, 1.0]]], np.float32)[..., None]
+    maps = tf.image.resize(grid, (16, 16), method="bilinear")[..., 0].numpy()
+    masks = np.zeros((1, 16, 16))
+    masks[0, 12:, 12:] = 1  # the bottom-right corner: inside the flat block of the maximum
+    peak = maps[0] == maps[0].max()
+    assert peak.sum() == 16 and peak[12:, 12:].all()  # the flat block is 4x4 at the corner
+    np.testing.assert_allclose(ev.pointing_game(maps, masks, tolerance=0), [1.0])
+    masks[0, 12:, 12:14] = 0  # half of the block
+    np.testing.assert_allclose(ev.pointing_game(maps, masks, tolerance=0), [0.5])
+    # A constant map points nowhere in particular: chance, the object's share of the image.
+    np.testing.assert_allclose(ev.pointing_game(np.ones((1, 16, 16)), masks, tolerance=0), [8 / 256])
+
+
 def test_statistics():
     rng = np.random.default_rng(0)
     values = rng.normal(1.0, 0.5, 200)
