@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from xai._lazy import tf
-from xai.plugin_api import (REDUCTIONS, Param, PerturbationExplainer, baseline_images, check_baseline,
+from xai.plugin_api import (SIGNED_REDUCTIONS, Param, PerturbationExplainer, baseline_images, check_baseline,
                             reduce_channels)
 
 RULES = ("riemann", "trapezoid")
@@ -41,7 +41,7 @@ class IntegratedGradients(PerturbationExplainer):
         "steps": Param(50, int, low=1, doc="Intervals of the path integral."),
         "baseline": Param("black", (str, float), check=check_baseline, doc="Where the path starts."),
         "rule": Param("riemann", choices=RULES, doc="Quadrature rule."),
-        "reduce": Param("sum", choices=("sum",) + REDUCTIONS, doc="Channel reduction."),
+        "reduce": Param("sum", choices=SIGNED_REDUCTIONS, doc="Channel reduction."),
     }
 
     def setup(self):
@@ -75,6 +75,4 @@ class IntegratedGradients(PerturbationExplainer):
 
     def finalize(self, images, targets, state, total):
         attributions = (images - state["baselines"]) * total
-        if self.resolved["reduce"] == "sum":
-            return tf.reduce_sum(attributions, axis=-1)
         return reduce_channels(attributions, self.resolved["reduce"])

@@ -68,6 +68,15 @@ METHOD_PARAMS = {
     "grad_cam": {"score": "probability"},
     "grad_cam_plus_plus": {"score": "probability"},
     "score_cam": {"max_maps": 4},
+    "gradient_input": {"score": "probability"},
+    "square_grad": {"n_samples": 3},
+    "var_grad": {"n_samples": 3},
+    "guided_backprop": {},
+    "deconvnet": {},
+    "fem": {"k": 1.0},
+    "layer_cam": {},
+    "sobol": {"grid_size": 2, "n_designs": 4},
+    "hsic": {"grid_size": 2, "n_designs": 8},
 }
 
 
@@ -78,7 +87,7 @@ def test_every_kind_of_model_gives_the_same_maps(four_ways, method):
     params = dict(METHOD_PARAMS[method])
     maps = {}
     for kind, model in kinds.items():
-        if "cam" in method:  # a subclassed model's layers are named by the object itself
+        if "cam" in method or method == "fem":  # a subclassed model's layers are named by the object itself
             params["layer"] = layers[2] if kind == "subclassed" else None
         maps[kind] = xai.create_explainer(method, model, **params).explain(images, [0, 2])
     for kind, m in maps.items():

@@ -8,7 +8,8 @@ import pytest
 MODULES = ["xai.models", "xai.registry", "xai.data", "xai.testing", "xai.plugins.vanilla_gradient",
            "xai.evaluation.faithfulness", "xai.evaluation.localisation", "xai.evaluation.sanity",
            "xai.evaluation.statistics", "xai.evaluation.meta_evaluation", "xai.evaluation.remove_and_debias",
-           "xai.evaluation.faithfulness_correlation", "xai.evaluation.map_complexity", "xai.evaluation.robustness"]
+           "xai.evaluation.faithfulness_correlation", "xai.evaluation.map_complexity", "xai.evaluation.robustness",
+           "xai.plugins.gradient_input", "xai.plugins.guided_backprop"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -10,7 +10,10 @@ from xai.testing import check_explainer, explainer_checks, parametrize_with_chec
 
 #: Cheap settings for the sampling methods; every other parameter keeps its default.
 FAST_PARAMS = {"smoothgrad": {"n_samples": 4}, "integrated_gradients": {"steps": 8},
-               "rise": {"n_masks": 64}, "occlusion": {"patch_size": 16, "stride": 16}}
+               "rise": {"n_masks": 64}, "occlusion": {"patch_size": 16, "stride": 16},
+               "square_grad": {"n_samples": 4}, "var_grad": {"n_samples": 4},
+               "sobol": {"grid_size": 4, "n_designs": 4}, "hsic": {"grid_size": 4, "n_designs": 16},
+               "lime": {"n_samples": 32}, "kernel_shap": {"n_samples": 32}}
 
 
 def _contract_model():

@@ -130,7 +130,11 @@ COLUMNS = METHODS + ["deletion"]
 #: What CI runs on a keras.applications model (all of them run on the small forms).
 CORE = ("cam", "grad_cam", "vanilla_gradient", "deletion")
 LIGHT = {"smoothgrad": {"n_samples": 2}, "integrated_gradients": {"steps": 2}, "rise": {"n_masks": 8},
-         "score_cam": {"max_maps": 4}, "occlusion": {"patch_size": 16, "stride": 16}}
+         "score_cam": {"max_maps": 4}, "occlusion": {"patch_size": 16, "stride": 16},
+         "square_grad": {"n_samples": 2}, "var_grad": {"n_samples": 2}, "sobol": {"grid_size": 2, "n_designs": 2},
+         "hsic": {"grid_size": 2, "n_designs": 4}, "lime": {"n_samples": 8}, "kernel_shap": {"n_samples": 8}}
+#: Methods that read a feature layer: a subclassed model's is passed as the layer object.
+LAYER_METHODS = ("grad_cam", "grad_cam_plus_plus", "score_cam", "fem", "layer_cam")
 
 CELLS = [(m, c) for m in MODELS for c in COLUMNS if FULL or not MODELS[m][2] or c in CORE]
 RESULTS: dict = {}
@@ -173,7 +177,7 @@ def test_cell(cell, execution_mode):
             assert np.all(np.isfinite(result.auc)) and np.all((result.auc >= 0) & (result.auc <= 1))
         else:
             params = dict(LIGHT.get(column, {}))
-            if name == "subclassed" and column in ("grad_cam", "grad_cam_plus_plus", "score_cam"):
+            if name == "subclassed" and column in LAYER_METHODS:
                 params["layer"] = model.conv2
             maps = xai.create_explainer(column, model, **params).explain(images)
             assert maps.shape == images.shape[:3] and np.all(np.isfinite(maps))

@@ -34,6 +34,19 @@ def test_compare_takes_a_model_in_memory_and_returns_its_results(tmp_path):
     assert again.rows == result.rows  # timings included: nothing was recomputed
 
 
+def test_a_method_that_finds_out_only_from_the_model_is_reported_not_applicable(tmp_path):
+    """Guided backprop needs ReLUs, which only the model shows: without any, the comparison
+    lists it as not applicable (as CAM off its architecture), not as failing batch after batch."""
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, activation="tanh")(inputs)
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    result = xai.compare(keras.Model(inputs, outputs), methods="random,guided_backprop", n_images=4,
+                         batch_size=4, metrics=["deletion"], out=tmp_path, quiet=True)
+    summary = __import__("json").loads((result.run_dir / "results.json").read_text())
+    assert "no ReLU" in summary["not_applicable"]["guided_backprop"]
+    assert summary["failures"] == [] and {r["method"] for r in result.rows} == {"random"}
+
+
 def test_model_digest_follows_the_weights_not_the_object():
     model = _tiny()
     clone = keras.models.clone_model(model)

@@ -17,8 +17,9 @@ def test_builtins_are_found_through_entry_points_with_provenance():
     info = xai.plugin_info("cam")
     assert info.distribution == "xai-saliency-bench" and info.version == xai.__version__
     assert info.entry_point == "xai.plugins.cam:CAM"
-    assert xai.list_explainers("*grad*") == ["grad_cam", "grad_cam_plus_plus", "integrated_gradients",
-                                             "smoothgrad", "vanilla_gradient"]
+    assert xai.list_explainers("*grad*") == ["grad_cam", "grad_cam_plus_plus", "gradient_input",
+                                             "integrated_gradients", "smoothgrad", "square_grad",
+                                             "vanilla_gradient", "var_grad"]
 
 
 def test_reregistering_replaces_with_a_warning_and_unknown_names_list_the_known():

@@ -73,6 +73,18 @@ def test_every_config_field_is_identity_unless_declared_provenance(model_file):
     assert wide["input_range"] == [0.0, 255.0] and run_key(wide) != run_key(identity)
 
 
+def test_default_comparison_leaves_out_only_the_opt_in_methods_and_all_runs_everything():
+    from xai.registry import get_explainer
+
+    everything = xai.list_explainers()
+    opt_in = [m for m in everything if not get_explainer(m).in_default_comparison]
+    assert {"sobol", "hsic"} <= set(opt_in) and "random" not in opt_in
+    assert list(resolve_config(CompareConfig()).methods) == [m for m in everything if m not in opt_in]
+    assert list(resolve_config(CompareConfig(methods=["all"])).methods) == everything
+    # Named, an opt-in method runs (methods in canonical order, whatever order they are named in).
+    assert resolve_config(CompareConfig(methods=["sobol", "random"])).methods == ("random", "sobol")
+
+
 def test_bad_configuration_is_refused_before_any_work(model_file):
     with pytest.raises(ConfigError, match="no methods given"):
         resolve_config(CompareConfig(methods=[]))

@@ -193,7 +193,8 @@ def list_cmd():
     for name in xai.list_explainers():
         info = xai.plugin_info(name)
         params = ", ".join(f"{k}={p.default!r}" for k, p in info.cls.parameters.items())
-        click.echo(f"{name:18s} {info.distribution or '(no package)'} {info.version or ''}  [{params}]")
+        opt_in = "" if info.cls.in_default_comparison else "  (opt-in: not in the default comparison)"
+        click.echo(f"{name:18s} {info.distribution or '(no package)'} {info.version or ''}  [{params}]{opt_in}")
     for name, error in xai.plugin_errors().items():
         click.echo(f"{name:18s} FAILED TO LOAD: {error}", err=True)
 
@@ -274,7 +275,8 @@ def explain(images, methods, model, target, params, out, input_range):
 
 
 @main.command()
-@click.option("--methods", default=None, help="Comma-separated explainers (default: all registered).")
+@click.option("--methods", default=None,
+              help="Comma-separated explainers, or 'all' (default: the default comparison, `xai list`).")
 @click.option("--dataset", default="offline", show_default=True,
               help="offline, cats_vs_dogs, or a folder with one sub-folder per class.")
 @click.option("--model", type=click.Path(dir_okay=False), default=None,

@@ -171,9 +171,18 @@ class Explainer:
     needs: ClassVar[Sequence[str]] = ()
     stochastic: ClassVar[bool] = False
     uses_model: ClassVar[bool] = True
+    #: True when only the model itself, not its spec, shows whether the method applies (its
+    #: `setup` raises `NotApplicable`): `xai compare` then builds it once up front to ask.
+    inspects_model: ClassVar[bool] = False
+    #: False for a method whose cost at its defaults (thousands of model calls per image)
+    #: would dominate a default comparison: `xai compare` runs it when named, or with
+    #: ``--methods all``. A plugin is in the default comparison unless it says otherwise.
+    in_default_comparison: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = ""  # a subclass of a registered method is not that method: registration names it
         own = {k: p for k, p in cls.parameters.items() if k not in COMMON}
         common = {}
         if cls.default_score is not None:

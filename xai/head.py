@@ -140,6 +140,8 @@ def class_score(score: str, out: dict, targets: tf.Tensor) -> tf.Tensor:
 
 
 REDUCTIONS = ("sum_abs", "max_abs")
+#: With the signed channel sum, for attributions whose sign means something (x * gradient).
+SIGNED_REDUCTIONS = ("sum",) + REDUCTIONS
 
 
 def input_gradients(head: ModelHead, images: tf.Tensor, targets: tf.Tensor, score: str) -> tf.Tensor:
@@ -179,12 +181,15 @@ INTERPOLATIONS = ("bilinear", "nearest", "bicubic")  # bicubic: as Xplique's Gra
 
 
 def reduce_channels(gradients: tf.Tensor, reduce: str) -> tf.Tensor:
-    """(N, H, W, C) -> (N, H, W): the seed's sum of |g| over channels, or Xplique's max."""
+    """(N, H, W, C) -> (N, H, W): the seed's sum of |g| over channels, Xplique's max, or the
+    signed sum."""
+    if reduce == "sum":
+        return tf.reduce_sum(gradients, axis=-1)
     if reduce == "sum_abs":
         return tf.reduce_sum(tf.abs(gradients), axis=-1)
     if reduce == "max_abs":
         return tf.reduce_max(tf.abs(gradients), axis=-1)
-    raise ParameterError(f"reduce must be one of {REDUCTIONS}; got {reduce!r}.")
+    raise ParameterError(f"reduce must be one of {SIGNED_REDUCTIONS}; got {reduce!r}.")
 
 
 def compile_fn(fn, input_signature, jit_compile: bool):

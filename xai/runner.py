@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 import xai
-from xai.errors import ConfigError, DataError, ModelError, ParameterError, StoreError
+from xai.errors import ConfigError, DataError, ModelError, NotApplicable, ParameterError, StoreError
 from xai.execution import LocalBackend, WorkPlan, failure, store_outcome
 
 #: Version of the identity's layout: bump it when the same run would get another key.
@@ -67,6 +67,16 @@ class CompareConfig:
 
 
 BACKENDS = ("local", "ray")
+#: ``methods=["all"]`` (``--methods all``): every registered explainer.
+ALL_METHODS = "all"
+
+
+def default_methods() -> list:
+    """What `compare` runs when no methods are named: every registered explainer in the
+    default comparison (`Explainer.in_default_comparison`)."""
+    from xai.registry import get_explainer, list_explainers
+
+    return [m for m in list_explainers() if get_explainer(m).in_default_comparison]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +103,12 @@ def resolve_config(config: CompareConfig) -> ResolvedConfig:
     known = list_explainers()
     if config.methods is not None and not list(config.methods):
         raise ConfigError(f"no methods given; choose from {', '.join(known)}.")
-    methods = list(dict.fromkeys(config.methods)) if config.methods else known
+    if not config.methods:
+        methods = default_methods()
+    elif list(config.methods) == [ALL_METHODS]:
+        methods = known
+    else:
+        methods = list(dict.fromkeys(config.methods))
     unknown = [m for m in methods if m not in known]
     if unknown:
         raise ConfigError(f"unknown method(s) {unknown}; registered: {', '.join(known)}.")
@@ -371,6 +386,15 @@ def compare(config: CompareConfig = CompareConfig(), *, quiet: bool = False,
 
             not_applicable = {m: reason for m in resolved.methods
                               if (reason := get_explainer(m).not_applicable(spec, resolved.method_params[m]))}
+            for m in resolved.methods:
+                cls = get_explainer(m)
+                if m not in not_applicable and cls.inspects_model:
+                    try:
+                        cls(model, **resolved.method_params[m])
+                    except NotApplicable as exc:
+                        not_applicable[m] = str(exc)
+                    except Exception:  # noqa: BLE001 - any other error is the run's to record, per batch
+                        pass
             store.set_extra("not_applicable", not_applicable)
             methods = [m for m in resolved.methods if m not in not_applicable]
             from xai.evaluation.meta_evaluation import CHANCE

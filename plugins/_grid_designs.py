@@ -1,0 +1,104 @@
+"""What Sobol and HSIC attribution share: one set of grid masks drawn from the seed, every
+image scored under each, and an estimator that reads all of an image's scores at once."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from xai._lazy import tf
+from xai.plugin_api import INTERPOLATIONS, Param, ParameterError, PerturbationExplainer, blur
+
+#: How a mask value m in [0, 1] perturbs a pixel x (the papers' three perturbation functions).
+PERTURBATIONS = ("inpainting", "blur", "amplitude")
+#: The amplitude perturbation's sigma (the authors' and Xplique's default).
+AMPLITUDE_SIGMA = 1.0
+
+
+def check_grid(owner: str, grid_size: int, input_shape) -> None:
+    """A grid finer than the image would leave cells without a pixel."""
+    height, width = input_shape[:2]
+    if grid_size > min(height, width):
+        raise ParameterError(f"{owner}: parameter 'grid_size' ({grid_size}) exceeds the image size "
+                             f"({height}x{width}).")
+
+
+def qmc_engine(name: str, dimension: int, seed: int, **options):
+    """A seeded `scipy.stats.qmc` engine (``rng=`` since SciPy 1.15, ``seed=`` before)."""
+    from scipy.stats import qmc
+
+    generator = np.random.default_rng(seed)
+    try:
+        return getattr(qmc, name)(dimension, rng=generator, **options)
+    except TypeError:
+        return getattr(qmc, name)(dimension, seed=generator, **options)
+
+
+def perturbation_substrate(images, perturbation: str):
+    """What a mask value of 0 reveals: 0 (inpainting), the blurred image (blur)."""
+    if perturbation == "blur":
+        return blur(images)
+    return tf.zeros_like(images)
+
+
+def masked_scores(explainer, designs, images, targets, state, rows, copies):
+    """The score of image ``rows[r]`` perturbed by design ``copies[r]`` (a grid of mask
+    values, upsampled by nearest neighbour), as the one-hot row ``score * e_copy`` so that
+    each image's total holds the score of every design and the estimator can see them all
+    at once in `finalize`."""
+    grid = explainer.resolved["grid_size"]
+    masks = tf.reshape(tf.gather(designs, copies), (-1, grid, grid, 1))
+    masks = tf.image.resize(masks, explainer.spec.input_shape[:2], method="nearest")
+    x = tf.gather(images, rows)
+    if explainer.resolved["perturbation"] == "amplitude":
+        perturbed = x * (masks - 0.5) * AMPLITUDE_SIGMA
+    else:
+        perturbed = x * masks + (1.0 - masks) * tf.gather(state["substrate"], rows)
+    scores = explainer.scores(perturbed, tf.gather(targets, rows))
+    return tf.one_hot(copies, int(designs.shape[0]), dtype=tf.float32) * scores[:, None]
+
+
+#: The parameters every grid-design method takes besides its design count and seed.
+GRID_SIZE = Param(8, int, low=1, doc="Cells per side of the mask grid.")
+PERTURBATION = Param("inpainting", choices=PERTURBATIONS, doc="How a mask value perturbs pixels.")
+GRID_INTERPOLATION = Param("bilinear", choices=INTERPOLATIONS, doc="Upsampling of the grid of indices.")
+
+
+class GridDesignExplainer(PerturbationExplainer):
+    """Base of the methods that score every image under designs of ``grid_size`` x
+    ``grid_size`` mask values drawn once from ``seed`` (so maps do not depend on
+    ``batch_size``), then estimate each cell's importance from all of an image's scores.
+
+    Hooks: ``make_designs(n_cells) -> (n_copies, n_cells)`` mask values in [0, 1], and
+    ``estimate(designs, scores) -> (n, n_cells)`` from each image's scores ``(n, n_copies)``.
+    """
+
+    stochastic = True
+    in_default_comparison = False  # thousands of model calls per image: opt-in
+    default_score = "probability"
+
+    def make_designs(self, n_cells: int) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} must implement make_designs(n_cells).")
+
+    def estimate(self, designs, scores):
+        raise NotImplementedError(f"{type(self).__name__} must implement estimate(designs, scores).")
+
+    def setup(self):
+        grid = self.resolved["grid_size"]
+        check_grid(self.display_name, grid, self.spec.input_shape)
+        self.designs = self.make_designs(grid * grid)
+
+    def n_copies(self):
+        return int(self.designs.shape[0])
+
+    def accumulator_shape(self):
+        return (self.n_copies(),)
+
+    def prepare(self, images, targets):
+        return {"substrate": perturbation_substrate(images, self.resolved["perturbation"])}
+
+    def contribution(self, images, targets, state, rows, copies, drawn):
+        return masked_scores(self, tf.constant(self.designs), images, targets, state, rows, copies)
+
+    def finalize(self, images, targets, state, total):
+        grid = self.resolved["grid_size"]
+        return self.upsample(tf.reshape(self.estimate(tf.constant(self.designs), total), (-1, grid, grid)))
