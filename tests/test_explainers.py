@@ -13,7 +13,7 @@ FAST_PARAMS = {"smoothgrad": {"n_samples": 4}, "integrated_gradients": {"steps":
                "rise": {"n_masks": 64}, "occlusion": {"patch_size": 16, "stride": 16},
                "square_grad": {"n_samples": 4}, "var_grad": {"n_samples": 4},
                "sobol": {"grid_size": 4, "n_designs": 4}, "hsic": {"grid_size": 4, "n_designs": 16},
-               "lime": {"n_samples": 32}, "kernel_shap": {"n_samples": 32}}
+               "lime": {"n_samples": 200, "n_segments": 12}, "kernel_shap": {"n_samples": 200, "n_segments": 12}}
 
 
 def _contract_model():

@@ -132,7 +132,7 @@ CORE = ("cam", "grad_cam", "vanilla_gradient", "deletion")
 LIGHT = {"smoothgrad": {"n_samples": 2}, "integrated_gradients": {"steps": 2}, "rise": {"n_masks": 8},
          "score_cam": {"max_maps": 4}, "occlusion": {"patch_size": 16, "stride": 16},
          "square_grad": {"n_samples": 2}, "var_grad": {"n_samples": 2}, "sobol": {"grid_size": 2, "n_designs": 2},
-         "hsic": {"grid_size": 2, "n_designs": 4}, "lime": {"n_samples": 8}, "kernel_shap": {"n_samples": 8}}
+         "hsic": {"grid_size": 2, "n_designs": 4}, "lime": {"n_samples": 8, "n_segments": 4}, "kernel_shap": {"n_samples": 8, "n_segments": 4}}
 #: Methods that read a feature layer: a subclassed model's is passed as the layer object.
 LAYER_METHODS = ("grad_cam", "grad_cam_plus_plus", "score_cam", "fem", "layer_cam")
 

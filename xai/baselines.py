@@ -18,7 +18,7 @@ import numpy as np
 from xai._lazy import tf
 from xai.errors import ParameterError
 
-NAMED_BASELINES = ("zero", "black", "white", "mean", "blur")
+NAMED_BASELINES = ("zero", "black", "white", "grey", "mean", "blur")
 
 
 def gaussian_kernel(kernel_size: int = 11, sigma: float = 5.0) -> np.ndarray:
@@ -67,8 +67,10 @@ def baseline_images(images: tf.Tensor, baseline, input_range=(0.0, 1.0)) -> tf.T
     if isinstance(baseline, str):
         if baseline == "zero":
             return tf.zeros_like(images)
-        if baseline in ("black", "white"):
-            value = input_range[0] if baseline == "black" else input_range[1]
+        if baseline in ("black", "white", "grey"):
+            # grey: the middle of the input range (Xplique's LIME reference 0.5 on [0, 1]).
+            value = {"black": input_range[0], "white": input_range[1],
+                     "grey": (input_range[0] + input_range[1]) / 2}[baseline]
             return tf.fill(tf.shape(images), tf.cast(value, images.dtype))
         if baseline == "mean":
             return tf.broadcast_to(tf.reduce_mean(images, axis=[1, 2], keepdims=True), tf.shape(images))

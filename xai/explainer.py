@@ -390,6 +390,9 @@ class PerturbationExplainer(Explainer):
         Shape of one image's total (default: the map's (H, W)).
     prepare(images, targets) -> dict of (n, ...) tensors :
         Per-batch state (baselines, clean scores, feature maps); default none.
+    host_prepare(images, targets) -> dict of (n, ...) arrays :
+        Per-batch state computed eagerly on the host, for what cannot be traced (a
+        scikit-image segmentation); merged into `prepare`'s. Default none.
     draw(images, rows, counters) -> (R, ...) tensor :
         Optional. Random inputs of each row, computed outside XLA so that a seed gives the
         same numbers with and without ``jit_compile``; ``counters`` number each (image of the
@@ -414,6 +417,9 @@ class PerturbationExplainer(Explainer):
     def prepare(self, images, targets) -> dict:
         return {}
 
+    def host_prepare(self, images, targets) -> dict:
+        return {}
+
     draw = None  # an optional hook: see the class docstring
 
     def contribution(self, images, targets, state, rows, copies, drawn):
@@ -436,6 +442,7 @@ class PerturbationExplainer(Explainer):
         if bool(tf.reduce_any(targets < 0)):
             targets = self.compiled("targets", self.predicted, [image_sig, index_sig])(images, targets)
         state = self.compiled("prepare", self.prepare, [image_sig, index_sig])(images, targets)
+        state = {**state, **{k: tf.convert_to_tensor(v) for k, v in self.host_prepare(images, targets).items()}}
         n, n_copies, batch_size = int(images.shape[0]), self.n_copies(), self.resolved["batch_size"]
         total_sig = tf.TensorSpec((None, *self.accumulator_shape()), tf.float32)
         total = tf.zeros((n, *self.accumulator_shape()), tf.float32)
