@@ -77,6 +77,13 @@ class GuidedBackprop(Explainer):
         self.relu_model = relu_rule_copy(self.model, self.spec, self.relu_backward, self.display_name)
         self.relu_head = ModelHead(self.relu_model)
 
+    def explain_batch(self, images, targets, offset: int):
+        # Explain the model as it is now: its weights may have changed in place since the
+        # copy was made (fine-tuning; the sanity checks' cascading randomisation assigns them).
+        for mine, theirs in zip(self.relu_model.weights, self.model.weights):
+            mine.assign(theirs)
+        return super().explain_batch(images, targets, offset)
+
     def input_gradients(self, images, targets):
         """d score / d images through the copy whose ReLUs follow `relu_backward`."""
         from xai.head import input_gradients

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import xai
 from xai.errors import NotApplicable
 from xai.plugins.deconvnet import DeconvNet
 from xai.plugins.gradient_input import GradientInput
@@ -229,6 +230,23 @@ def test_the_users_model_is_left_unchanged(small, x32):
     assert [id(v) for v in small.weights] == variables
     np.testing.assert_array_equal(small(x32).numpy(), before)
     np.testing.assert_array_equal(_logit_gradients(small, x32, TARGETS), plain)
+
+
+def test_the_copy_follows_the_models_weights_when_they_change_in_place(x32):
+    """The sanity checks randomise weights in place under a built explainer: a copy frozen at
+    construction would explain the trained model forever (Spearman 1.0 at every step)."""
+    keras.utils.set_random_seed(4)
+    model = xai.vgg16_gap((32, 32, 3), num_classes=3, width=0.125)
+    for cls in (GuidedBackprop, DeconvNet):
+        explainer = cls(model)
+        before = explainer.explain(x32, TARGETS)
+        saved = model.get_weights()
+        kernel = model.get_layer("block4_conv1").kernel
+        kernel.assign(np.random.default_rng(0).normal(0, 0.1, kernel.shape).astype(np.float32))
+        after = explainer.explain(x32, TARGETS)
+        np.testing.assert_allclose(after, cls(model).explain(x32, TARGETS), rtol=1e-5, atol=1e-7 * np.abs(after).max())
+        assert not np.allclose(after, before)
+        model.set_weights(saved)
 
 
 def test_a_nested_base_gives_the_maps_of_the_same_flat_layers(tiny_model, nested_model, images):
