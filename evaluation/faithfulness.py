@@ -380,7 +380,6 @@ register_metric("insertion", higher_is_better=True, uses_protocol=True, order=20
                 description="area under the insertion curve (RISE); higher = more faithful")(
     _curve_metric("insertion"))
 register_metric("symmetric_relevance_gain", higher_is_better=True, uses_protocol=True, order=22,
-                default=False,
                 description="LeRF minus MoRF deletion AUC (Blücher et al. 2024); higher = more faithful, "
                             "0 = chance")(
     lambda inputs: _as_output(symmetric_relevance_gain(inputs.scorer, inputs.images, inputs.targets,

@@ -43,6 +43,26 @@ def test_mask_covers_exactly_the_object():
         assert not np.any(np.all(image[ring] == inside[0], axis=-1))
 
 
+def test_uninformative_images_are_the_offline_world_without_its_class():
+    from xai.baselines import blur
+
+    size = 32
+    elements = list(data.offline_uninformative(8, image_size=size, seed=3))
+    assert [e["kind"].numpy().decode() for e in elements] == list(data.UNINFORMATIVE_KINDS) * 2
+    first = 1 << 30
+    for i, e in enumerate(elements):
+        image, kind = e["image"].numpy(), e["kind"].numpy().decode()
+        scene, _, mask = data.render_offline_image(first + i, size=size, seed=3, with_object=False)
+        with_object, _, object_mask = data.render_offline_image(first + i, size=size, seed=3)
+        assert not mask.any() and object_mask.any()
+        # Without its object a scene is the same picture, except where the object was.
+        np.testing.assert_array_equal(scene[object_mask == 0], with_object[object_mask == 0])
+        expected = {"empty_scene": scene, "black": np.zeros_like(scene),
+                    "blurred_scene": blur(with_object[None]).numpy()[0],
+                    "blurred_empty_scene": blur(scene[None]).numpy()[0]}[kind]
+        np.testing.assert_allclose(image, expected, atol=1e-6, err_msg=kind)
+
+
 def test_class_decided_by_shape_only():
     """Backgrounds, colours and distractors are drawn the same way for each class: the
     object's colour statistics barely differ between classes while its shape does."""

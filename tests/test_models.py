@@ -1,6 +1,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import xai
 from xai import models
@@ -28,6 +29,41 @@ def test_declared_spec(tiny_model):
     assert (spec.feature_layer, spec.last_conv_layer, spec.classifier_layer) == \
         ("block5_pool", "block5_conv3", "predictions")
     assert spec.input_shape == (64, 64, 3) and spec.num_classes == 2
+
+
+def test_without_pool5_conv5_3_feeds_the_pooling_at_twice_the_resolution(tiny_model, images):
+    """The CAM paper's cut: the same VGG16 layers but block5_pool, so the map CAM reads is
+    4x4 at 64x64 (2x2 with pool5) and the computation up to it is the seed model's."""
+    keras.utils.set_random_seed(1)
+    cut = xai.vgg16_gap((64, 64, 3), num_classes=2, width=0.125, pool5=False)
+    names = [layer.name for layer in cut.layers]
+    assert "block5_pool" not in names
+    assert names == [n for n in (layer.name for layer in tiny_model.layers) if n != "block5_pool"]
+    spec = models.model_spec(cut)
+    assert (spec.feature_layer, spec.last_conv_layer) == ("block5_conv3", "block5_conv3")
+    assert tuple(cut.get_layer("gap").input.shape[1:3]) == (4, 4)
+    for layer in cut.layers:  # same weights as the seed's model: only the pooling differs
+        if layer.weights:
+            layer.set_weights(tiny_model.get_layer(layer.name).get_weights())
+    conv = keras.Model(tiny_model.inputs[0], tiny_model.get_layer("block5_conv3").output)(images).numpy()
+    dense = tiny_model.get_layer("predictions")
+    logits = conv.mean(axis=(1, 2)) @ dense.kernel.numpy() + dense.bias.numpy()
+    np.testing.assert_allclose(cut(images).numpy(), tf.nn.softmax(logits).numpy(), rtol=1e-4, atol=1e-6)
+    # CAM on it is the 4x4 class map, upsampled.
+    by_hand = np.einsum("nhwk,k->nhw", conv, dense.kernel.numpy()[:, 1])
+    cam = xai.create_explainer("cam", cut, interpolation="nearest").explain(images, [1] * len(images))
+    np.testing.assert_allclose(cam[:, ::16, ::16], by_hand, rtol=1e-4, atol=1e-5 * np.abs(by_hand).max())
+
+
+def test_centred_input_is_the_same_model_fed_2x_minus_1(tiny_model, images):
+    centred = xai.vgg16_gap((64, 64, 3), num_classes=2, width=0.125, centre_input=True)
+    assert centred.layers[1].name == "centre" and models.model_spec(centred).input_range == (0.0, 1.0)
+    for layer in centred.layers:
+        if layer.weights:
+            layer.set_weights(tiny_model.get_layer(layer.name).get_weights())
+    np.testing.assert_allclose(centred(images).numpy(), tiny_model(2 * images - 1).numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="centre_input"):
+        xai.vgg16_gap((32, 32, 3), weights="imagenet", centre_input=True)
 
 
 def test_width_scales_filters_not_topology(tiny_model):

@@ -29,6 +29,15 @@ def test_offline_default_model_reaches_the_accuracy_bar(trained_default):
     print(f"default model: held-out accuracy {trained_default['accuracy']:.3f}, "
           f"trained in {trained_default['seconds']:.0f}s")
     assert trained_default["accuracy"] >= 0.95
+    # Pictures that show no class get about the uniform answer, not a confident guess: where
+    # the RISE protocol's deletion curves end (black) and insertion curves start (blurred).
+    from xai import data
+
+    empty = next(iter(data.offline_uninformative(64, 64, split="test").batch(64)))
+    answers = trained_default["model"].predict(empty["image"], verbose=0).max(axis=1)
+    kinds = empty["kind"].numpy().astype(str)
+    assert answers[kinds == "black"].max() < 0.6, answers[kinds == "black"]
+    assert answers.mean() < 0.75, {k: answers[kinds == k].mean() for k in set(kinds)}
     # The second request is a cache hit: same file, no training.
     from xai.train import default_model
     mtime = trained_default["path"].stat().st_mtime
@@ -79,7 +88,8 @@ def test_compare_writes_every_report_file(run_dir):
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["image_id", "method", "metric", "value"]
     methods = set(xai.list_explainers())
-    metrics = {"deletion", "insertion", "pointing_game", "relevance_mass", "seconds_per_image"}
+    metrics = {"deletion", "insertion", "symmetric_relevance_gain", "pointing_game", "relevance_mass",
+               "seconds_per_image"}
     assert {(r["method"], r["metric"]) for r in rows} == {(m, k) for m in methods for k in metrics}
     assert len(rows) == 8 * len(methods) * len(metrics)
     summary = json.loads((run_dir / "results.json").read_text())

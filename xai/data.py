@@ -102,7 +102,7 @@ def _check_offline(num_classes, split) -> None:
 
 
 def render_offline_image(index: int, *, size: int = 64, num_classes: int = 2, seed: int = 0,
-                         split: str = "train") -> tuple[np.ndarray, int, np.ndarray]:
+                         split: str = "train", with_object: bool = True) -> tuple[np.ndarray, int, np.ndarray]:
     """Render image `index` of the offline dataset: (image (H, W, 3), label, mask (H, W)).
 
     The class is the shape of one object (disc, square, …) at a random position, scale,
@@ -110,7 +110,8 @@ def render_offline_image(index: int, *, size: int = 64, num_classes: int = 2, se
     class: a natural-texture background (random photo, crop, zoom and tint) and 2–4
     distractors (thin strokes and small blobs in random colours), so a model can only
     succeed by finding the object's outline. Distractors are drawn first and the object
-    over them, so the mask is exactly the object's pixels.
+    over them, so the mask is exactly the object's pixels. ``with_object=False`` renders
+    the same scene without its object (an empty mask): what the label cannot be read from.
     """
     _check_offline(num_classes, split)
     rng = np.random.default_rng([seed, _SPLIT_STREAM[split], index])
@@ -147,6 +148,8 @@ def render_offline_image(index: int, *, size: int = 64, num_classes: int = 2, se
     mask = _shape_mask(OFFLINE_SHAPES[label], size, cy, cx, radius, rng.uniform(0, 2 * np.pi))
     colour = rng.uniform(0, 1, size=3)
     colour[rng.integers(3)] = rng.choice([0.05, 0.95])  # saturated, so it stands out
+    if not with_object:
+        mask[:] = False
     image[mask] = colour
     return image, label, mask.astype(np.float32)
 
@@ -197,6 +200,56 @@ def offline(n_images: int = 1000, image_size: int = 64, num_classes: int = 2, se
     ds = tf.data.Dataset.range(int(n_images)).map(
         to_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return _with_class_names(ds, OFFLINE_SHAPES[: int(num_classes)])
+
+
+#: What `offline_uninformative` cycles through: images from which no class can be read.
+UNINFORMATIVE_KINDS = ("empty_scene", "black", "blurred_scene", "blurred_empty_scene")
+
+
+def offline_uninformative(n_images: int = 1000, image_size: int = 64, seed: int = 0,
+                          split: str = "train") -> tf.data.Dataset:
+    """Images of the offline world that show no class: ``{"id", "image", "kind"}``.
+
+    They cycle through `UNINFORMATIVE_KINDS`: an offline scene without its object (the
+    same backgrounds and distractors, drawn from a stream of its own), a black image, and
+    a scene with and without its object blurred by RISE's Gaussian (kernel 11, sigma 5).
+    Black and blurred images are where the deletion and insertion curves of the RISE
+    protocol end and start, so a model trained to answer them with the uniform
+    distribution (`xai.train.train(..., uninformative=...)`) makes those curves measure the
+    evidence a map points at rather than what the model guesses for an empty picture
+    (docs/data.md).
+
+    >>> kinds = [e["kind"].numpy().decode() for e in offline_uninformative(4, image_size=32)]
+    >>> kinds == list(UNINFORMATIVE_KINDS)
+    True
+    """
+    from xai.baselines import blur
+
+    _check_offline(2, split)
+    size = int(image_size)
+    # Far above any index a labelled split uses, so no scene repeats a labelled one.
+    first = 1 << 30
+
+    def render(i):
+        kind = int(i) % len(UNINFORMATIVE_KINDS)
+        with_object = UNINFORMATIVE_KINDS[kind] == "blurred_scene"
+        image, _, _ = render_offline_image(first + int(i), size=size, seed=int(seed), split=split,
+                                           with_object=with_object)
+        return image if kind != 1 else np.zeros_like(image)
+
+    def to_element(i):
+        image = tf.numpy_function(render, [i], tf.float32)
+        image.set_shape((size, size, 3))
+        kind = tf.gather(tf.constant(UNINFORMATIVE_KINDS), i % len(UNINFORMATIVE_KINDS))
+        image = tf.cond(tf.strings.regex_full_match(kind, "blurred.*"),
+                        lambda: blur(image[None])[0], lambda: image)
+        name = tf.strings.join([f"offline-{split}-s{seed}-uninformative-", tf.strings.as_string(i)])
+        return {"id": name, "image": image, "kind": kind}
+
+    if int(n_images) < 1:
+        raise ParameterError(f"n_images must be >= 1; got {n_images!r}.")
+    return tf.data.Dataset.range(int(n_images)).map(
+        to_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 # --------------------------------------------------------------------------------------

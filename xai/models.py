@@ -135,6 +135,8 @@ def vgg16_gap(
     weights: Optional[str] = None,
     width: float = 1.0,
     class_names: Sequence[str] = (),
+    pool5: bool = True,
+    centre_input: bool = False,
 ) -> keras.Model:
     """Build VGG16-GAP: VGG16's conv base, GlobalAveragePooling2D, Dense softmax.
 
@@ -149,6 +151,18 @@ def vgg16_gap(
     width : float, default 1.0
         Scales every filter count (small CPU models); the topology never changes.
     class_names : sequence of str, optional
+    pool5 : bool, default True
+        True: the seed's model, VGG16's whole conv base (``block5_pool`` feeds the pooling;
+        a 7x7 feature map at 224x224, 2x2 at 64x64). False: the CAM paper's cut, which
+        removes ``block5_pool`` so that ``block5_conv3`` feeds the pooling: twice the map
+        resolution (14x14 at 224, 4x4 at 64) for the same computation. (The paper also adds
+        a 3x3 convolution of 1,024 units before the pooling; here the VGG16 layers are kept
+        as they are, so ImageNet weights still fit every layer.)
+    centre_input : bool, default False
+        Map the [0, 1] images to [-1, 1] inside the model (a ``Rescaling`` layer named
+        ``centre``), so explainers still see [0, 1] images. Trained from scratch, a centred
+        model leaves the plateau at chance in half the epochs (docs/data.md). Not with
+        ``weights="imagenet"``, whose own preprocessing comes first.
 
     Returns
     -------
@@ -184,6 +198,9 @@ def vgg16_gap(
         raise ParameterError(f"num_classes must be an integer >= 2; got {num_classes!r}.")
     if not (isinstance(width, (int, float)) and width > 0):
         raise ParameterError(f"width must be a positive number; got {width!r}.")
+    if weights == "imagenet" and centre_input:
+        raise ParameterError("centre_input=True does not apply with weights='imagenet', which brings "
+                             "its own preprocessing (VGG16's Caffe mean subtraction).")
     if weights == "imagenet" and (width != 1.0 or input_shape[2] != 3):
         raise ParameterError(
             f"weights='imagenet' needs width=1.0 and 3 channels; got width={width!r}, "
@@ -192,13 +209,16 @@ def vgg16_gap(
 
     inputs = keras.Input(shape=input_shape, name="image")
     x = VGGPreprocess(name="preprocess")(inputs) if weights == "imagenet" else inputs
+    if centre_input:
+        x = keras.layers.Rescaling(2.0, offset=-1.0, name="centre")(x)
     for block, filters in enumerate(VGG16_BLOCKS, start=1):
         for conv, f in enumerate(filters, start=1):
             x = keras.layers.Conv2D(
                 _scaled(f, width), 3, padding="same", activation="relu",
                 kernel_initializer="he_normal", name=f"block{block}_conv{conv}",
             )(x)
-        x = keras.layers.MaxPooling2D(2, strides=2, name=f"block{block}_pool")(x)
+        if block < len(VGG16_BLOCKS) or pool5:
+            x = keras.layers.MaxPooling2D(2, strides=2, name=f"block{block}_pool")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
     model = keras.Model(inputs, outputs, name="vgg16_gap")
@@ -208,7 +228,7 @@ def vgg16_gap(
     spec = ModelSpec(
         input_shape=input_shape,
         num_classes=int(num_classes),
-        feature_layer="block5_pool",
+        feature_layer="block5_pool" if pool5 else "block5_conv3",
         last_conv_layer="block5_conv3",
         classifier_layer="predictions",
         linear_head=True,
