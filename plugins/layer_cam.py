@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from xai._lazy import tf
-from xai.explainer import check_layer_ref
-from xai.plugin_api import Param, ParameterError, conv_layer, resolve_targets
+from xai.plugin_api import Param, ParameterError, check_layer_ref, conv_layer, resolve_targets
 from xai.plugins.grad_cam import GradCAM
 
 #: The paper's gamma of Eq. 9, scaling each layer's map before the fusion.
