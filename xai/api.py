@@ -114,7 +114,8 @@ def compare(model=None, *, methods: Union[str, Sequence[str], None] = None, data
         A saved model, a model in memory (its run is keyed by its architecture and weights,
         so the same weights resume the same run), or None for the offline default.
     methods, metrics : list or comma-separated str, optional
-        Default: every registered explainer; the default metric set.
+        Default: the default comparison (every registered explainer but the opt-in ones;
+        ``"all"`` for every one); the default metric set.
     params : dict, optional
         Explainer parameters, ``{"smoothgrad": {"n_samples": 8}}`` or ``{"smoothgrad.n_samples": 8}``.
     Other arguments as the CLI options of the same names (docs/cli.md).

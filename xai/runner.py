@@ -46,7 +46,7 @@ class CompareConfig:
     it is explicitly declared provenance.
     """
 
-    methods: Optional[Sequence[str]] = None  # None: every registered explainer
+    methods: Optional[Sequence[str]] = None  # None: the default comparison; ["all"]: every registered one
     method_params: dict = dataclasses.field(default_factory=dict)
     dataset: str = "offline"
     model: Optional[str] = None  # a path, a keras.Model, or None: the cached offline default model
