@@ -69,12 +69,12 @@ METHOD_PARAMS = {
     "grad_cam_plus_plus": {"score": "probability"},
     "score_cam": {"max_maps": 4},
     "gradient_input": {"score": "probability"},
-    "square_grad": {"n_samples": 3},
-    "var_grad": {"n_samples": 3},
+    "square_grad": {"n_samples": 3, "score": "probability"},
+    "var_grad": {"n_samples": 3, "score": "probability"},
     "guided_backprop": {},
     "deconvnet": {},
     "fem": {"k": 1.0},
-    "layer_cam": {},
+    "layer_cam": {"score": "probability"},
     "sobol": {"grid_size": 2, "n_designs": 4},
     "hsic": {"grid_size": 2, "n_designs": 8},
 }
@@ -89,6 +89,12 @@ def test_every_kind_of_model_gives_the_same_maps(four_ways, method):
     for kind, model in kinds.items():
         if "cam" in method or method == "fem":  # a subclassed model's layers are named by the object itself
             params["layer"] = layers[2] if kind == "subclassed" else None
+        if method in ("guided_backprop", "deconvnet") and kind == "subclassed":
+            # They rewrite ReLUs in a copy rebuilt from the config, which StackModel (built
+            # from layer objects) cannot give: refused clearly, not a plain gradient.
+            with pytest.raises(NotApplicable, match="cannot be copied from its config"):
+                xai.create_explainer(method, model, **params)
+            continue
         maps[kind] = xai.create_explainer(method, model, **params).explain(images, [0, 2])
     for kind, m in maps.items():
         assert m.shape == (2, S, S) and np.isfinite(m).all()
