@@ -194,7 +194,7 @@ def test_correlation_rows_matches_scipy():
     (dict(subset_fraction=0), "subset_fraction"), (dict(subset_fraction=1.0), "subset_fraction"),
     (dict(grid_size=0), "grid_size"), (dict(grid_size=SIZE + 1), "grid_size"),
     (dict(protocol="paper"), "protocol"), (dict(score="loss"), "score"),
-    (dict(baseline="grey"), "baseline"), (dict(batch_size=0), "batch_size"), (dict(seed=None), "seed"),
+    (dict(baseline="purple"), "baseline"), (dict(batch_size=0), "batch_size"), (dict(seed=None), "seed"),
 ])
 def test_bad_settings(linear, batch, kwargs, match):
     scorer, _ = linear

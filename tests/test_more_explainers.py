@@ -182,7 +182,7 @@ def test_cam_family_layer_errors_name_the_layer(tiny_model):
 @pytest.mark.parametrize("name", ["integrated_gradients", "occlusion"])
 def test_baselines_are_validated(name, tiny_model):
     with pytest.raises(ValueError, match="'baseline' must be one of"):
-        xai.create_explainer(name, tiny_model, baseline="grey")
+        xai.create_explainer(name, tiny_model, baseline="purple")
 
 
 def test_with_precision_runs_every_kind_of_method_and_stays_close(tiny_model, images):

@@ -69,13 +69,14 @@ class _Images(html.parser.HTMLParser):
 
 def test_compare_writes_every_report_file(run_dir):
     for name in ("report.html", "report.md", "results.json", "results.csv", "results.sqlite",
-                 "figures/deletion.png", "figures/insertion.png", "figures/sanity.png", "model.keras",
+                 "figures/deletion.png", "figures/insertion.png", "figures/symmetric_relevance_gain.png",
+                 "figures/sanity.png", "model.keras",
                  *(f"figures/gallery-{n}.png" for n in range(4))):  # --n-examples 4 (the default)
         assert (run_dir / name).is_file(), name
     parser = _Images()
     page = (run_dir / "report.html").read_text()
     parser.feed(page)
-    assert len(parser.srcs) == 3 + 4  # curves, sanity, one gallery figure per example image
+    assert len(parser.srcs) == 4 + 4  # three curves, sanity, one gallery figure per example image
     assert "<h2>Verdict</h2>" in page and 'id="gallery"' in page and 'scope="col"' in page
     assert all(alt for alt in parser.alts)
     import matplotlib.image
@@ -126,7 +127,7 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     marker = 'data-sizes="'
     assert marker in out.stdout, out.stderr[-1500:]
     sizes = json.loads(html.unescape(out.stdout.split(marker, 1)[1].split('"', 1)[0]))
-    assert len(sizes) == 3 + 4
+    assert len(sizes) == 4 + 4  # three curves, sanity, four gallery figures
     assert all(w > 0 and h > 0 and shown > 0 for w, h, shown in sizes)
     # Readable at report width: no figure is shown narrower than half its drawn width.
     assert all(shown >= 0.5 * min(w, 1000) for w, h, shown in sizes)
