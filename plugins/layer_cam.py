@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from xai._lazy import tf
-from xai.plugin_api import Param, ParameterError, check_layer_ref, conv_layer, resolve_targets
+from xai.plugin_api import Param, ParameterError, check_layer_ref, conv_layer
 from xai.plugins.grad_cam import GradCAM
 
 #: The paper's gamma of Eq. 9, scaling each layer's map before the fusion.
@@ -75,16 +75,8 @@ class LayerCAM(GradCAM):
 
     def layer_maps(self, images, targets):
         """Each layer's map at its own resolution, before the ReLU: a list of (N, h, w)."""
-        with tf.GradientTape() as tape:
-            # Watching the input records every op, so intermediate outputs have gradients
-            # even when the model's weights are frozen (as in xai.head.layer_gradients).
-            tape.watch(images)
-            out, raw = self.head.forward(images)
-            total = tf.reduce_sum(self.score_of(out, resolve_targets(targets, out["probabilities"])))
-        gradients = tape.gradient(total, [raw[layer.name] for layer in self.layers],
-                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return [tf.reduce_sum(tf.nn.relu(tf.cast(g, tf.float32)) * out[layer.name], axis=-1)
-                for layer, g in zip(self.layers, gradients)]
+        activations, gradients, _ = self.layer_gradients(images, targets, [layer.name for layer in self.layers])
+        return [tf.reduce_sum(tf.nn.relu(g) * a, axis=-1) for a, g in zip(activations, gradients)]
 
     def feature_map(self, images, targets):
         """The first layer's map at its resolution (h, w), before the ReLU and upsampling."""

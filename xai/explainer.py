@@ -319,8 +319,9 @@ class Explainer:
 
         return input_gradients(self.head, images, targets, self.resolved["score"])
 
-    def layer_gradients(self, images, targets, layer: str):
-        """(A, d score / dA, resolved targets) for a layer listed in `head_layers`."""
+    def layer_gradients(self, images, targets, layer):
+        """(A, d score / dA, resolved targets) for a layer listed in `head_layers`, or lists of
+        them for a sequence of layers (one pass)."""
         from xai.head import layer_gradients
 
         return layer_gradients(self.head, images, targets, self.resolved["score"], layer)

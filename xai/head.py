@@ -155,12 +155,14 @@ def input_gradients(head: ModelHead, images: tf.Tensor, targets: tf.Tensor, scor
     return tape.gradient(total, images)
 
 
-def layer_gradients(head: ModelHead, images: tf.Tensor, targets: tf.Tensor, score: str,
-                    layer: str) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+def layer_gradients(head: ModelHead, images: tf.Tensor, targets: tf.Tensor, score: str, layer):
     """Layer `layer`'s output A, d score / dA and the resolved targets, from one pass.
 
-    `head` must have been built with `layer` among its ``extra_layers``.
+    `layer` is a name, or a sequence of names (then lists of outputs and gradients, still
+    one forward and one backward pass). `head` must have been built with them among its
+    ``extra_layers``.
     """
+    names = [layer] if isinstance(layer, str) else list(layer)
     with tf.GradientTape() as tape:
         # Watching the input records every op downstream, so the gradient with respect to
         # an intermediate output exists even when the model's weights are frozen.
@@ -168,8 +170,11 @@ def layer_gradients(head: ModelHead, images: tf.Tensor, targets: tf.Tensor, scor
         out, raw = head.forward(images)
         resolved = resolve_targets(targets, out["probabilities"])
         total = tf.reduce_sum(class_score(score, out, resolved))
-    gradients = tf.cast(tape.gradient(total, raw[layer]), tf.float32)
-    return out[layer], gradients, resolved
+    gradients = [tf.cast(g, tf.float32) for g in tape.gradient(
+        total, [raw[name] for name in names], unconnected_gradients=tf.UnconnectedGradients.ZERO)]
+    if isinstance(layer, str):
+        return out[layer], gradients[0], resolved
+    return [out[name] for name in names], gradients, resolved
 
 
 def upsample(maps: tf.Tensor, size, method: str = "bilinear") -> tf.Tensor:
