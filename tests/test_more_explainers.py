@@ -203,6 +203,21 @@ def test_with_precision_runs_every_kind_of_method_and_stays_close(tiny_model, im
         with_precision(tiny_model, "float8")
 
 
+def test_with_precision_copies_functional_models_with_keras_op_nodes():
+    from xai.models import with_precision
+
+    # keras.ops calls and `+` on symbolic tensors are Operations, not Layers: they take no dtype.
+    inputs = keras.Input((8, 8, 3))
+    first = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    second = keras.layers.Conv2D(4, 3, padding="same")(keras.ops.relu(first)) + first
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(second))
+    model = keras.Model(inputs, outputs)
+    x = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
+    bf16 = with_precision(model)
+    assert {layer.compute_dtype for layer in bf16.layers[1:]} == {"bfloat16"}
+    np.testing.assert_allclose(np.asarray(bf16(x), np.float32), model(x), atol=0.02)
+
+
 def test_bicubic_upsampling_under_xla_is_refused_with_a_reason(tiny_model):
     with pytest.raises(ValueError, match="no XLA kernel"):
         xai.create_explainer("grad_cam", tiny_model, interpolation="bicubic", jit_compile=True)

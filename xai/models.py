@@ -644,7 +644,9 @@ def with_precision(model, policy: str = "mixed_bfloat16") -> keras.Model:
 
     def rebuild(layer):
         config = layer.get_config()
-        if not isinstance(layer, keras.layers.InputLayer):
+        # Keras op nodes of a functional model (keras.ops.relu(x), x + y) are Operations,
+        # not Layers: they take no dtype and compute in their inputs' dtype anyway.
+        if isinstance(layer, keras.layers.Layer) and not isinstance(layer, keras.layers.InputLayer):
             config["dtype"] = policy
         return layer.__class__.from_config(config)
 
