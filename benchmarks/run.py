@@ -100,7 +100,25 @@ def method_settings(args):
         "occlusion": ({"patch_size": patch, "stride": patch, **rows}, "fwd", positions + 1),
         "rise": ({"n_masks": args.masks, **rows}, "fwd", args.masks),
         "score_cam": ({"max_maps": args.maps, **rows}, "fwd", args.maps + 1),
+        # Issue 16's methods. Signed maps ("sum"): the peers' channel mean times 3.
+        "gradient_input": ({"score": "probability", **n}, "fwd+bwd", 1),
+        "guided_backprop": ({"score": "probability", "reduce": "sum", **n}, "fwd+bwd", 1),
+        "deconvnet": ({"score": "probability", "reduce": "sum", **n}, "fwd+bwd", 1),
+        "square_grad": ({"n_samples": args.samples, "noise_level": 0.2, "score": "probability", **rows},
+                        "fwd+bwd", args.samples),
+        "var_grad": ({"n_samples": args.samples, "noise_level": 0.2, "score": "probability", **rows},
+                     "fwd+bwd", args.samples),
+        "fem": (n, "fwd", 1),
+        "layer_cam": ({"score": "probability", **n}, "fwd+bwd to layer", 1),
+        "lime": ({"n_samples": args.coalitions, **rows}, "fwd", args.coalitions + 1),
+        "kernel_shap": ({"n_samples": args.coalitions, **rows}, "fwd", args.coalitions + 2),
+        "sobol": ({"n_designs": args.designs, **rows}, "fwd", args.designs * (8 * 8 + 2)),
+        "hsic": ({"n_designs": args.hsic_designs, **rows}, "fwd", args.hsic_designs),
     }
+
+
+#: Methods whose maps sum the channels with their sign, where the peers average them.
+SIGNED = ("gradient_input", "guided_backprop", "deconvnet")
 
 
 def peer_cases(model, images, targets, args, settings, layer: str):
@@ -108,8 +126,10 @@ def peer_cases(model, images, targets, args, settings, layer: str):
     onehot = np.eye(2, dtype=np.float32)[targets]
     cases = []
     try:
-        from xplique.attributions import (GradCAM, GradCAMPP, IntegratedGradients, Occlusion, Rise,
-                                          Saliency, SmoothGrad)
+        from xplique.attributions import (FEM, DeconvNet, GradCAM, GradCAMPP, GradientInput, GuidedBackprop,
+                                          HsicAttributionMethod, IntegratedGradients, KernelShap, Lime,
+                                          Occlusion, Rise, Saliency, SmoothGrad, SobolAttributionMethod,
+                                          SquareGrad, VarGrad)
         from xplique.metrics import AverageStability, Complexity, Deletion, Insertion, MuFidelity, Sparseness
     except ImportError:
         print("Xplique not installed (./benchmarks/setup.sh): no Xplique columns.")
@@ -124,6 +144,18 @@ def peer_cases(model, images, targets, args, settings, layer: str):
             ("occlusion", Occlusion(model, patch_size=occ["patch_size"], patch_stride=occ["stride"],
                                     batch_size=args.rows)),
             ("rise", Rise(model, nb_samples=args.masks, batch_size=args.rows)),
+            ("gradient_input", GradientInput(model, batch_size=args.images)),
+            ("guided_backprop", GuidedBackprop(model, batch_size=args.images)),
+            ("deconvnet", DeconvNet(model, batch_size=args.images)),
+            ("square_grad", SquareGrad(model, nb_samples=args.samples, noise=0.2, batch_size=args.rows)),
+            ("var_grad", VarGrad(model, nb_samples=args.samples, noise=0.2, batch_size=args.rows)),
+            ("fem", FEM(model, batch_size=args.images, conv_layer=layer)),
+            # Xplique's own superpixels (quickshift) and kernel: the same number of model calls.
+            ("lime", Lime(model, nb_samples=args.coalitions, batch_size=args.rows)),
+            ("kernel_shap", KernelShap(model, nb_samples=args.coalitions, batch_size=args.rows)),
+            ("sobol", SobolAttributionMethod(model, grid_size=8, nb_design=args.designs, batch_size=args.rows)),
+            ("hsic", HsicAttributionMethod(model, grid_size=8, nb_design=args.hsic_designs,
+                                           batch_size=args.rows)),
         ]:
             cases.append((ours, f"Xplique {type(peer).__name__}",
                           lambda p=peer: np.asarray(p.explain(images, onehot))))
@@ -142,6 +174,7 @@ def peer_cases(model, images, targets, args, settings, layer: str):
     try:
         from tf_keras_vis.gradcam import Gradcam
         from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+        from tf_keras_vis.layercam import Layercam
         from tf_keras_vis.saliency import Saliency as TkvSaliency
         from tf_keras_vis.scorecam import Scorecam
         from tf_keras_vis.utils.scores import CategoricalScore
@@ -151,6 +184,7 @@ def peer_cases(model, images, targets, args, settings, layer: str):
         score = CategoricalScore(list(targets))
         saliency, gradcam = TkvSaliency(model, clone=False), Gradcam(model, clone=False)
         gradcampp, scorecam = GradcamPlusPlus(model, clone=False), Scorecam(model, clone=False)
+        layercam = Layercam(model, clone=False)
         cases += [
             ("vanilla_gradient", "tf-keras-vis Saliency", lambda: saliency(score, images, normalize_map=False)),
             ("smoothgrad", "tf-keras-vis Saliency(smooth_samples)",
@@ -162,6 +196,8 @@ def peer_cases(model, images, targets, args, settings, layer: str):
             ("score_cam", "tf-keras-vis Scorecam(max_N)",
              lambda: scorecam(score, images, penultimate_layer=layer, max_N=args.maps,
                               batch_size=args.rows, normalize_cam=False)),
+            ("layer_cam", "tf-keras-vis Layercam",
+             lambda: layercam(score, images, penultimate_layer=layer, normalize_cam=False)),
         ]
     return cases
 
@@ -279,6 +315,9 @@ def main():
     parser.add_argument("--samples", type=int, default=16, help="SmoothGrad samples, IG steps")
     parser.add_argument("--masks", type=int, default=64, help="RISE masks")
     parser.add_argument("--maps", type=int, default=32, help="Score-CAM max_maps")
+    parser.add_argument("--coalitions", type=int, default=256, help="LIME and KernelSHAP samples")
+    parser.add_argument("--designs", type=int, default=4, help="Sobol designs N (N x 66 copies at grid 8)")
+    parser.add_argument("--hsic-designs", type=int, default=256, help="HSIC designs")
     parser.add_argument("--steps", type=int, default=10, help="deletion/insertion steps (Xplique's default)")
     parser.add_argument("--subsets", type=int, default=200, help="MuFidelity subsets (Xplique's default)")
     parser.add_argument("--stability-samples", type=int, default=20, help="AverageStability samples")
@@ -344,11 +383,15 @@ def main():
                 fn = lambda m=metric, e=explainer: m.evaluate(e)  # noqa: E731
                 agreement = abs(float(fn()) - float(np.mean(fns[ours][0]())))
             # Xplique's GradCAMPP departs from the paper (mean, not sum, of A): not compared.
-            elif label in ("Xplique Saliency", "Xplique GradCAM"):
+            elif label in ("Xplique Saliency", "Xplique GradCAM", "Xplique FEM", "Xplique GradientInput",
+                           "Xplique GuidedBackprop", "Xplique DeconvNet"):
                 theirs = np.asarray(fn()).reshape(args.images, args.size, args.size)
                 # Xplique upsamples bicubically; bilinear (our default) is what is timed.
                 mine = xai.create_explainer(ours, ours_model, **{**settings[ours][0], "interpolation": "bicubic"}
-                                            ).explain(images, targets) if "CAM" in label else fns[ours][0]()
+                                            ).explain(images, targets) if label in (
+                    "Xplique GradCAM", "Xplique FEM") else fns[ours][0]()
+                if ours in SIGNED:
+                    mine = mine / images.shape[-1]  # our signed sum, their channel mean
                 agreement = float(np.abs(theirs - mine).max() / np.abs(mine).max())
             _, seconds, ratio = paired(fns[ours][0], fn, 1.0, args.repeats)
             rows[ours]["peers"][label] = {"seconds": seconds, "ours_over_peer": ratio,
