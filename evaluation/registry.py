@@ -15,7 +15,9 @@ Two kinds of metric:
   once per method on a few images as
   ``per_method(explainer_class, model, images, targets, params=..., seed=...) -> dict``.
 
-``seconds_per_image`` is registered too, as a cost: the runner measures it.
+``seconds_per_image`` is registered too, as a cost: the runner measures it; so are
+``map_error`` and ``map_converged``, the Monte Carlo error of stochastic methods' maps
+(`xai.monte_carlo`), diagnostics that are shown and never ranked.
 """
 
 from __future__ import annotations
@@ -109,6 +111,15 @@ def register_metric(name: str, *, higher_is_better: bool, description: str, kind
 _METRICS["seconds_per_image"] = Metric(
     "seconds_per_image", higher_is_better=False, is_cost=True, default=False, order=1000,
     description="explanation time per image on this machine")
+
+
+_METRICS["map_error"] = Metric(
+    "map_error", higher_is_better=False, is_cost=True, default=False, order=1001,
+    description="Monte Carlo error of each map of a stochastic method: the relative L2 standard error "
+                "of its replicates (Integrated Gradients: its completeness gap); a diagnostic, not ranked")
+_METRICS["map_converged"] = Metric(
+    "map_converged", higher_is_better=True, is_cost=True, default=False, order=1002,
+    description="1 where a map's error reached the run's tolerance, 0 where its sampling hit the cap")
 
 
 def _discover() -> None:

@@ -73,8 +73,19 @@ class GridDesignExplainer(PerturbationExplainer):
     """
 
     stochastic = True
+    sample_count = "n_designs"
     in_default_comparison = False  # thousands of model calls per image: opt-in
     default_score = "probability"
+
+    #: The fewest designs of one replicate of `explain_with_error`: the estimators are
+    #: ratios of variances, biased when estimated from a handful of designs.
+    smallest_designs = 8
+    #: Replicates are independent randomisations of the design (randomised quasi-Monte
+    #: Carlo): their maps are averaged, their totals (scores of different designs) cannot be.
+    averages_totals = False
+
+    def smallest_replicate(self):
+        return self.smallest_designs
 
     def make_designs(self, n_cells: int) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} must implement make_designs(n_cells).")
@@ -85,7 +96,27 @@ class GridDesignExplainer(PerturbationExplainer):
     def setup(self):
         grid = self.resolved["grid_size"]
         check_grid(self.display_name, grid, self.spec.input_shape)
+        self.design_seed = self.resolved["seed"]
         self.designs = self.make_designs(grid * grid)
+
+    @property
+    def designs(self) -> np.ndarray:
+        """The mask values of every copy, (n_copies, grid^2); assignable (same shape)."""
+        return self._design_values
+
+    @designs.setter
+    def designs(self, values):
+        self._design_values = np.asarray(values, np.float32)
+        # A variable, not a constant of the traced functions: `reseed` redraws it without retracing.
+        if not hasattr(self, "_designs"):
+            self._designs = tf.Variable(self._design_values, trainable=False)
+        else:
+            self._designs.assign(self._design_values)
+
+    def reseed(self, seed):
+        self.design_seed = seed
+        self.designs = self.make_designs(self.resolved["grid_size"] ** 2)
+        return True
 
     def n_copies(self):
         return int(self.designs.shape[0])
@@ -97,8 +128,8 @@ class GridDesignExplainer(PerturbationExplainer):
         return {"substrate": perturbation_substrate(images, self.resolved["perturbation"])}
 
     def contribution(self, images, targets, state, rows, copies, drawn):
-        return masked_scores(self, tf.constant(self.designs), images, targets, state, rows, copies)
+        return masked_scores(self, self._designs, images, targets, state, rows, copies)
 
     def finalize(self, images, targets, state, total):
         grid = self.resolved["grid_size"]
-        return self.upsample(tf.reshape(self.estimate(tf.constant(self.designs), total), (-1, grid, grid)))
+        return self.upsample(tf.reshape(self.estimate(self._designs, total), (-1, grid, grid)))

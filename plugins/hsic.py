@@ -88,6 +88,7 @@ class HSIC(GridDesignExplainer):
     jit_compile : bool, default False
     """
 
+    smallest_designs = 100  # the kernel estimator's bias grows fast below ~100 designs
     parameters = {
         "grid_size": GRID_SIZE,
         "n_designs": Param(500, int, low=2, doc="Binary masks per image (one forward pass each)."),
@@ -97,7 +98,7 @@ class HSIC(GridDesignExplainer):
     }
 
     def make_designs(self, n_cells):
-        return binary_lhs_designs(self.resolved["n_designs"], n_cells, self.resolved["seed"])
+        return binary_lhs_designs(self.resolved["n_designs"], n_cells, self.design_seed)
 
     def estimate(self, designs, scores):
         return hsic_indices(designs, scores)

@@ -37,6 +37,7 @@ class IntegratedGradients(PerturbationExplainer):
     """
 
     default_score = "logit"
+    sample_count = "steps"  # what tolerance mode doubles (IG is not random: its error is the completeness gap)
     parameters = {
         "steps": Param(50, int, low=1, doc="Intervals of the path integral."),
         "baseline": Param("black", (str, float), check=check_baseline, doc="Where the path starts."),
@@ -76,3 +77,21 @@ class IntegratedGradients(PerturbationExplainer):
     def finalize(self, images, targets, state, total):
         attributions = (images - state["baselines"]) * total
         return reduce_channels(attributions, self.resolved["reduce"])
+
+    def estimate_with_error(self, images, targets, tolerance, max_samples):
+        """The error of an IG map is its completeness gap; tolerance mode doubles ``steps``."""
+        from xai.monte_carlo import completeness_gap
+
+        return completeness_gap(self, images, targets, tolerance, max_samples)
+
+    def score_difference(self, images, targets) -> np.ndarray:
+        """``F(x) - F(x')`` per image: what a complete map sums to."""
+        def difference(x, t):
+            return self.scores(x, t) - self.scores(baseline_images(x, self.resolved["baseline"],
+                                                                   self.spec.input_range), t)
+
+        fn = self.compiled("score_difference", difference, [self.image_signature, self.index_signature])
+        step = self.resolved["batch_size"]
+        return np.concatenate([np.asarray(fn(tf.convert_to_tensor(images[s:s + step]),
+                                             tf.convert_to_tensor(targets[s:s + step])), np.float64)
+                               for s in range(0, len(images), step)])

@@ -34,6 +34,7 @@ class RISE(PerturbationExplainer):
     """
 
     stochastic = True
+    sample_count = "n_masks"
     default_score = "probability"
     parameters = {
         "n_masks": Param(1000, int, low=1, doc="Random masks per image."),
@@ -43,17 +44,31 @@ class RISE(PerturbationExplainer):
     }
 
     def setup(self):
-        n, s = self.resolved["n_masks"], self.resolved["mask_resolution"]
+        s = self.resolved["mask_resolution"]
         height, width = self.spec.input_shape[:2]
         if s > min(height, width):
             raise ParameterError(f"{self.display_name}: parameter 'mask_resolution' ({s}) exceeds the "
                                  f"image size ({height}x{width}).")
         self._cell = (math.ceil(height / s), math.ceil(width / s))
-        seed = self.resolved["seed"]
-        self._grids = tf.cast(tf.random.stateless_uniform((n, s, s, 1), seed=[seed, 0])
-                              < self.resolved["keep_probability"], tf.float32)
-        self._shifts = tf.random.stateless_uniform((n, 2), seed=[seed, 1], minval=0,
-                                                   maxval=min(self._cell), dtype=tf.int32)
+        # Variables, not constants of the traced functions: `reseed` redraws them without retracing.
+        grids, shifts = self.draw_masks(self.resolved["seed"])
+        self._grids = tf.Variable(grids, trainable=False)
+        self._shifts = tf.Variable(shifts, trainable=False)
+
+    def draw_masks(self, seed: int):
+        """The masks' grids (n, s, s, 1) and shifts (n, 2) drawn from `seed`."""
+        n, s = self.resolved["n_masks"], self.resolved["mask_resolution"]
+        grids = tf.cast(tf.random.stateless_uniform((n, s, s, 1), seed=[seed, 0])
+                        < self.resolved["keep_probability"], tf.float32)
+        shifts = tf.random.stateless_uniform((n, 2), seed=[seed, 1], minval=0, maxval=min(self._cell),
+                                             dtype=tf.int32)
+        return grids, shifts
+
+    def reseed(self, seed):
+        grids, shifts = self.draw_masks(seed)
+        self._grids.assign(grids)
+        self._shifts.assign(shifts)
+        return True
 
     def masks(self, indices):
         """Masks `indices` at input size, (R, H, W) in [0, 1]."""

@@ -97,7 +97,7 @@ class Sobol(GridDesignExplainer):
     }
 
     def make_designs(self, n_cells):
-        return sobol_designs(self.resolved["n_designs"], n_cells, self.resolved["seed"])
+        return sobol_designs(self.resolved["n_designs"], n_cells, self.design_seed)
 
     def estimate(self, designs, scores):
         return jansen_total_indices(scores, self.resolved["n_designs"])

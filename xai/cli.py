@@ -274,6 +274,22 @@ def explain(images, methods, model, target, params, out, input_range):
     click.echo(f"wrote {out if len(figs) == 1 else out.with_name(out.stem + '-*' + out.suffix)}")
 
 
+def parse_tolerance(text):
+    """--tolerance: ... (the default) when not given, None for 'none', else a positive number."""
+    if text is None:
+        return ...
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise click.BadParameter(f"expected a positive relative error such as 0.05, or 'none'; got {text!r}.",
+                                 param_hint="--tolerance")
+    return value
+
+
 @main.command()
 @click.option("--methods", default=None,
               help="Comma-separated explainers, or 'all' (default: the default comparison, `xai list`).")
@@ -287,6 +303,10 @@ def explain(images, methods, model, target, params, out, input_range):
 @click.option("--protocol", type=click.Choice(["rise", "xplique"]), default="rise", show_default=True,
               help="Deletion/insertion preset (see docs/metrics.md).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--tolerance", default=None, metavar="ERROR|none",
+              help="Monte Carlo tolerance of stochastic maps: sampling stops per image once the map's relative "
+                   "error is below it, never past the method's own sample count (default 0.05; 'none': fixed "
+                   "counts, no error reported).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--n-examples", type=click.IntRange(min=0), default=4, show_default=True,
               help="Images shown in the report's gallery (12 per page; further pages beside the report).")
@@ -300,13 +320,14 @@ def explain(images, methods, model, target, params, out, input_range):
               help="Ray workers (default: one per cluster node).")
 @INPUT_RANGE
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def compare(methods, dataset, model, n_images, metrics, protocol, seed, batch_size, n_examples, params, out,
-            backend, address, workers, input_range, quiet):
+def compare(methods, dataset, model, n_images, metrics, protocol, seed, tolerance, batch_size, n_examples, params,
+            out, backend, address, workers, input_range, quiet):
     """Run every method on every image, score it, store the results, write the report.
 
     Rerunning the same command resumes the run: finished work is not recomputed.
     """
     method_params = parse_params(params)  # before TensorFlow loads: a typo fails at once
+    tolerance = parse_tolerance(tolerance)
     if backend == "local" and (address or workers):
         raise click.UsageError("--address and --workers apply to --backend ray only.")
     load_tensorflow(quiet)
@@ -320,7 +341,7 @@ def compare(methods, dataset, model, n_images, metrics, protocol, seed, batch_si
         methods=names(methods), method_params=method_params, dataset=dataset, model=model,
         n_images=n_images, metrics=names(metrics), protocol=protocol, seed=seed, batch_size=batch_size,
         n_examples=n_examples, out=out, backend=backend, address=address, workers=workers,
-        input_range=input_range)
+        input_range=input_range, **({} if tolerance is ... else {"tolerance": tolerance}))
     run_dir = run_compare(config, quiet=quiet)
     _summarise_run(run_dir)
     from xai.store import ResultsStore

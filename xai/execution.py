@@ -36,6 +36,21 @@ class WorkPlan:
     #: Seed of stochastic metrics; each is computed again under seed + 1 for the
     #: meta-evaluation's seed agreement (stored under `replicate_name`).
     seed: int = 0
+    #: Monte Carlo tolerance of stochastic maps (`Explainer.explain_with_error`): sampling
+    #: stops per image once its map's relative error is below it, and never spends more
+    #: than the method's own sample count. None: every map at its fixed count, no error.
+    tolerance: Optional[float] = None
+
+    def explain(self, explainer, images, targets):
+        """(maps, errors or None, converged or None) of one batch, as the plan says."""
+        if self.tolerance is None:
+            return np.asarray(explainer.explain(images, targets)), None, None
+        result = explainer.explain_with_error(images, targets, tolerance=self.tolerance,
+                                              max_samples=sample_cap(explainer))
+        errors = np.asarray(result.errors, np.float64)
+        if not np.any(errors != 0) or not np.all(np.isfinite(errors)):  # deterministic, or `random`
+            return result.maps, None, None
+        return result.maps, errors, result.converged
 
     def create_explainers(self, model, classes: Optional[dict] = None) -> tuple[dict, dict]:
         """(explainers, setup errors) by method; a method that cannot be built is an error
@@ -59,7 +74,7 @@ class WorkPlan:
             if m in explainers and m not in warmed:
                 warmed.add(m)
                 try:
-                    explainers[m].explain(batch["images"][:1], batch["targets"][:1])
+                    self.explain(explainers[m], batch["images"][:1], batch["targets"][:1])
                 except Exception:  # noqa: BLE001 - the real call records the failure
                     pass
         return {m: self.run_method(m, explainers, setup_errors, scorer, batch) for m in methods}
@@ -78,13 +93,16 @@ class WorkPlan:
 
         images, targets, ids, masks = batch["images"], batch["targets"], batch["ids"], batch["masks"]
         start = time.perf_counter()
-        maps = np.asarray(explainer.explain(images, targets))
+        maps, errors, converged = self.explain(explainer, images, targets)
         seconds = time.perf_counter() - start
         if maps.shape != images.shape[:3]:
             raise PluginError(f"{method} returned maps of shape {maps.shape}; expected {images.shape[:3]}.")
         if not np.all(np.isfinite(maps)):
             raise PluginError(f"{method} returned NaN or infinite values.")
         values = [(i, "seconds_per_image", seconds / len(images)) for i in ids]
+        if errors is not None:
+            values += [(i, "map_error", float(e)) for i, e in zip(ids, errors)]
+            values += [(i, "map_converged", float(c)) for i, c in zip(ids, converged)]
         curves, protocols = [], {}
         inputs = MetricInputs(scorer=scorer, images=images, targets=targets, maps=maps, masks=masks,
                               protocol=self.protocol, explainer=explainer, seed=self.seed)
@@ -113,6 +131,12 @@ class WorkPlan:
                     for j in range(max(0, min(self.n_examples - first, len(images))))]
         return {"seconds": seconds, "values": values, "curves": curves, "examples": examples,
                 "protocols": protocols, "metric_errors": metric_errors}
+
+
+def sample_cap(explainer) -> Optional[int]:
+    """What tolerance mode may spend on a map in a comparison: the method's own sample count
+    (Integrated Gradients: its steps), so a run never costs more than at fixed counts."""
+    return int(explainer.resolved[explainer.sample_count]) if explainer.sample_count else None
 
 
 def failure(exc: BaseException) -> dict:

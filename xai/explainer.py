@@ -178,6 +178,9 @@ class Explainer:
     #: would dominate a default comparison: `xai compare` runs it when named, or with
     #: ``--methods all``. A plugin is in the default comparison unless it says otherwise.
     in_default_comparison: ClassVar[bool] = True
+    #: For a stochastic method: the parameter that sets its samples per image (its cost), which
+    #: `explain_with_error` splits into independent replicates (``seed`` must be a parameter too).
+    sample_count: ClassVar[Optional[str]] = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -366,6 +369,89 @@ class Explainer:
 
     __call__ = explain
 
+    def explain_with_error(self, images, targets=None, *, tolerance: Optional[float] = None,
+                           max_samples: Optional[int] = None):
+        """Maps and each map's Monte Carlo error (`xai.monte_carlo.MapsWithError`).
+
+        A stochastic method's map is the mean of independent replicates (four of a quarter
+        of the samples each: the cost of `explain`), its error the relative L2 standard error of
+        that mean; two independent calls differ by about sqrt(2) times it. With
+        ``tolerance`` (a relative L2 error, e.g. 0.05), replicates are added image by image
+        until the error is at most the tolerance or ``max_samples`` samples are spent (default
+        8 times the method's own count); ``converged`` flags the images that made it.
+        Deterministic methods report 0, ``random`` NaN; Integrated Gradients reports its
+        completeness gap and doubles its steps in tolerance mode.
+
+        Returns
+        -------
+        MapsWithError
+            ``maps`` (N, H, W), ``errors`` (N,), ``samples`` (N,), ``converged`` (N,);
+            ``maps, errors = explainer.explain_with_error(images)`` unpacks the first two.
+        """
+        from xai import monte_carlo
+
+        x = check_images(images, self.spec)
+        with monte_carlo.quiet_retracing():
+            t = self.resolve_targets(x, check_targets(targets, len(x), self.spec.num_classes))
+            return self.estimate_with_error(x, t, tolerance, max_samples)
+
+    def estimate_with_error(self, images, targets, tolerance, max_samples):
+        """`explain_with_error` on checked images and resolved targets (a hook: IG overrides it)."""
+        from xai import monte_carlo
+
+        if self.stochastic and self.sample_count:
+            return monte_carlo.replicated(self, images, targets, tolerance, max_samples)
+        monte_carlo.check_tolerance(tolerance, max_samples, 1)
+        return monte_carlo.deterministic(self, images, targets)
+
+    def resolve_targets(self, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """`targets` with -1 replaced by the predicted class, so that every replicate of a map
+        explains the same class."""
+        if not self.uses_model:  # a model-free baseline explains no class
+            return np.maximum(targets, 0)
+        if not np.any(targets < 0):
+            return targets
+        fn = self.compiled("targets", self.predicted, [self.image_signature, self.index_signature])
+        step = self.resolved["batch_size"]
+        return np.concatenate([np.asarray(fn(tf.convert_to_tensor(images[s:s + step]),
+                                             tf.convert_to_tensor(targets[s:s + step])))
+                               for s in range(0, len(images), step)]).astype(np.int32)
+
+    def variant(self, **changes) -> "Explainer":
+        """This explainer with some parameters changed, on the same model; built once per change."""
+        key = tuple(sorted(changes.items()))
+        cache = self.__dict__.setdefault("_variants", {})
+        if key not in cache:
+            cache[key] = type(self)(self.model, spec=self.spec, **{**self.params, **changes})
+        return cache[key]
+
+    def smallest_replicate(self) -> int:
+        """The fewest samples one replicate of `explain_with_error` may have: the sample count
+        parameter's lower bound unless the estimator needs more (a hook)."""
+        return int(self.parameters[self.sample_count].low or 1)
+
+    def reseed(self, seed: int) -> bool:
+        """Draw this explainer's randomness from `seed` from now on, without tracing its
+        functions again; True if done (a hook for stochastic methods whose seed lives in
+        variables). The default does nothing and returns False."""
+        return False
+
+    def replicate(self, index: int, samples: int) -> "Explainer":
+        """Replicate `index` of this stochastic explainer: its own seed, `samples` samples.
+
+        One sibling per sample count serves every replicate when the method can `reseed`
+        (a new explainer per replicate would trace the model once more each time), so the
+        explainer returned is valid until the next replicate is asked for."""
+        from xai.monte_carlo import replicate_seed
+
+        seed = replicate_seed(self.resolved["seed"], index)
+        replicas = self.__dict__.setdefault("_replicas", {})
+        if samples not in replicas:
+            replicas[samples] = type(self)(self.model, spec=self.spec, **{**self.params, self.sample_count: samples})
+        if replicas[samples].reseed(seed):
+            return replicas[samples]
+        return self.variant(**{self.sample_count: samples, "seed": seed})
+
     def get_params(self) -> dict:
         """All parameters with defaults filled in (what actually ran)."""
         return dict(self.resolved)
@@ -404,6 +490,11 @@ class PerturbationExplainer(Explainer):
         The maps from the totals.
     """
 
+    #: Whether replicates of `explain_with_error` pool their totals (the map of all their
+    #: samples) rather than average their maps: sound when totals are sums over copies, as
+    #: here; False where each replicate's copies are a design of their own (Sobol, HSIC).
+    averages_totals: ClassVar[bool] = True
+
     @classmethod
     def missing_hooks(cls) -> list:
         return [f"{name}(...)" for name in ("n_copies", "contribution")
@@ -437,13 +528,51 @@ class PerturbationExplainer(Explainer):
         return tf.tensor_scatter_nd_add(total, rows[:, None], values)
 
     def explain_batch(self, images, targets, offset: int):
+        if bool(tf.reduce_any(targets < 0)):
+            targets = self.compiled("targets", self.predicted, [self.image_signature, self.index_signature])(
+                images, targets)
+        state, total = self.totals_batch(images, targets, offset)
+        return self.finalize_batch(images, targets, state, total)
+
+    def batch_state(self, images, targets) -> dict:
+        """`prepare`'s and `host_prepare`'s state of one batch (targets resolved)."""
+        state = self.compiled("prepare", self.prepare, [self.image_signature, self.index_signature])(images, targets)
+        return {**state, **{k: tf.convert_to_tensor(v) for k, v in self.host_prepare(images, targets).items()}}
+
+    def finalize_batch(self, images, targets, state, total):
+        from xai.head import batch_signature
+
+        total_sig = tf.TensorSpec((None, *self.accumulator_shape()), tf.float32)
+        finalize = self.compiled("finalize", self.finalize,
+                                 [self.image_signature, self.index_signature, batch_signature(state), total_sig])
+        return finalize(images, targets, state, total)
+
+    def explain_totals(self, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Every image's accumulated total (N, *accumulator_shape) before `finalize`; targets
+        resolved. What `explain_with_error` averages over replicates: a mean of totals is the
+        total of all their samples, where a mean of maps is not when `finalize` is not linear
+        (SmoothGrad's absolute value, LIME's fit)."""
+        step = self.images_per_call()
+        return np.concatenate([np.asarray(self.totals_batch(tf.convert_to_tensor(images[s:s + step]),
+                                                            tf.convert_to_tensor(targets[s:s + step]), s)[1])
+                               for s in range(0, len(images), step)])
+
+    def finalize_totals(self, images: np.ndarray, targets: np.ndarray, totals: np.ndarray) -> np.ndarray:
+        """Maps from totals given by `explain_totals` (of this explainer or its replicates)."""
+        step = self.images_per_call()
+        maps = []
+        for s in range(0, len(images), step):
+            x, t = tf.convert_to_tensor(images[s:s + step]), tf.convert_to_tensor(targets[s:s + step])
+            total = tf.convert_to_tensor(np.asarray(totals[s:s + step], np.float32))
+            maps.append(np.asarray(self.finalize_batch(x, t, self.batch_state(x, t), total), np.float32))
+        return np.concatenate(maps)
+
+    def totals_batch(self, images, targets, offset: int):
+        """(state, totals) of one batch with resolved targets: the chunked loop."""
         from xai.head import batch_signature
 
         image_sig, index_sig = self.image_signature, self.index_signature
-        if bool(tf.reduce_any(targets < 0)):
-            targets = self.compiled("targets", self.predicted, [image_sig, index_sig])(images, targets)
-        state = self.compiled("prepare", self.prepare, [image_sig, index_sig])(images, targets)
-        state = {**state, **{k: tf.convert_to_tensor(v) for k, v in self.host_prepare(images, targets).items()}}
+        state = self.batch_state(images, targets)
         n, n_copies, batch_size = int(images.shape[0]), self.n_copies(), self.resolved["batch_size"]
         total_sig = tf.TensorSpec((None, *self.accumulator_shape()), tf.float32)
         total = tf.zeros((n, *self.accumulator_shape()), tf.float32)
@@ -460,9 +589,7 @@ class PerturbationExplainer(Explainer):
                 [image_sig, index_sig, batch_signature(state), total_sig, index_sig, index_sig,
                  *map(batch_signature, drawn)])
             total = accumulate(images, targets, state, total, rows, copies, *drawn)
-        finalize = self.compiled("finalize", self.finalize,
-                                 [image_sig, index_sig, batch_signature(state), total_sig])
-        return finalize(images, targets, state, total)
+        return state, total
 
 
 def check_images(images, spec) -> np.ndarray:

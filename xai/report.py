@@ -7,6 +7,7 @@ import base64
 import csv
 import json
 from pathlib import Path
+from typing import Optional
 
 import jinja2
 import numpy as np  # noqa: E402
@@ -87,7 +88,19 @@ OKABE_ITO = ("#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "
 RANK_SHADES = ("#eff3ff", "#c6dbef", "#9ecae1", "#6baed6", "#4292c6", "#2171b5")
 
 
-def leaderboard(table: list[dict], meta: dict, timings: dict) -> dict:
+def map_errors(arrays: dict) -> dict:
+    """method -> the Monte Carlo error of its maps (`xai.monte_carlo`): median and 90th
+    percentile over images, and on how many of the ``n`` images it reached the tolerance."""
+    converged = arrays.get("map_converged", {})
+    out = {}
+    for method, (_, errors) in arrays.get("map_error", {}).items():
+        reached = converged.get(method, (None, np.ones_like(errors)))[1]
+        out[method] = {"median": float(np.nanmedian(errors)), "p90": float(np.nanpercentile(errors, 90)),
+                       "converged": int(np.nansum(reached)), "n": int(len(errors))}
+    return out
+
+
+def leaderboard(table: list[dict], meta: dict, timings: dict, errors: Optional[dict] = None) -> dict:
     """Methods x trusted metrics: rank, mean, and whether the method is tied with the best
     (Holm-corrected p >= 0.05 against it); methods ordered by mean rank over those metrics."""
     trusted = [m for m, v in meta.items() if v.trusted]
@@ -106,7 +119,7 @@ def leaderboard(table: list[dict], meta: dict, timings: dict) -> dict:
             cell["shade"], cell["dark"] = shade, shade in RANK_SHADES[3:]
     mean_rank = {m: float(np.mean([c["rank"] for c in cells[m].values()])) for m in cells}
     return {"metrics": trusted, "methods": methods, "cells": cells, "mean_rank": mean_rank,
-            "seconds": {m: timings.get(m) for m in methods}}
+            "seconds": {m: timings.get(m) for m in methods}, "map_error": errors or {}}
 
 
 def verdict_sentences(board: dict, meta: dict) -> list[str]:
@@ -266,7 +279,7 @@ def write_report(run_dir) -> Path:
 
     protocols = {m.name: store.extra(f"protocol_{m.name}") for m in metric_registry.metrics()}
     protocols = {k: v for k, v in protocols.items() if v}
-    board = leaderboard(table, meta, store.timings())
+    board = leaderboard(table, meta, store.timings(), map_errors(arrays))
     n_classes = len(config.get("class_names", [])) or 2
     context = {
         "board": board, "verdict": verdict_sentences(board, meta), "gallery": pages[0],

@@ -37,6 +37,10 @@ def _provenance(default=None, **kwargs):
     return dataclasses.field(default=default, metadata={"identity": False}, **kwargs)
 
 
+#: `CompareConfig.tolerance` by default: see docs/performance.md for how it was chosen.
+DEFAULT_TOLERANCE = 0.05
+
+
 @dataclasses.dataclass
 class CompareConfig:
     """What `compare` runs. Defaults are the offline default (the README's main job).
@@ -54,6 +58,8 @@ class CompareConfig:
     metrics: Optional[Sequence[str]] = None  # None: the registry's default set
     protocol: str = "rise"
     seed: int = 0
+    # Monte Carlo tolerance of stochastic maps (relative L2 error; None: fixed sample counts).
+    tolerance: Optional[float] = DEFAULT_TOLERANCE
     batch_size: int = 16
     n_examples: int = 4
     sanity_images: int = 8
@@ -123,6 +129,10 @@ def resolve_config(config: CompareConfig) -> ResolvedConfig:
         raise ConfigError(f"protocol must be one of {sorted(ev.PRESETS)}; got {config.protocol!r}.")
     if config.backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {BACKENDS}; got {config.backend!r}.")
+    tolerance = config.tolerance
+    if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float))
+                                  or not 0 < tolerance < float("inf")):
+        raise ConfigError(f"tolerance must be a positive relative error (e.g. 0.05) or None; got {tolerance!r}.")
     if config.workers is not None and (not isinstance(config.workers, int) or config.workers < 1):
         raise ParameterError(f"workers must be an integer >= 1; got {config.workers!r}.")
     for name in ("n_images", "batch_size"):
@@ -408,7 +418,8 @@ def compare(config: CompareConfig = CompareConfig(), *, quiet: bool = False,
                     print(f"{method}: not applicable to this model ({reason})", file=sys.stderr)
             plan = WorkPlan(methods=methods, method_params=resolved.method_params,
                             metrics=[m.name for m in usable if m.per_batch is not None],
-                            protocol=config.protocol, n_examples=config.n_examples, seed=config.seed)
+                            protocol=config.protocol, n_examples=config.n_examples, seed=config.seed,
+                            tolerance=config.tolerance)
             if config.backend == "ray":
                 from xai.distributed import RayBackend
 

@@ -1,0 +1,158 @@
+"""A map's Monte Carlo error (`Explainer.explain_with_error`): what it is, that it is honest,
+and tolerance mode."""
+
+import keras
+import numpy as np
+import pytest
+
+import xai
+from xai.errors import ParameterError
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(5)
+    return xai.vgg16_gap((32, 32, 3), num_classes=2, width=0.125)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(3)
+    return rng.random((8, 32, 32, 3), dtype=np.float32), rng.integers(0, 2, 8).astype(np.int32)
+
+
+def _norms(maps):
+    return np.linalg.norm(maps.reshape(len(maps), -1), axis=1)
+
+
+def test_the_map_pools_four_replicates_and_the_error_is_their_standard_error(model, batch):
+    images, targets = batch
+    explainer = xai.create_explainer("smoothgrad", model, n_samples=16, score="logit")
+    result = explainer.explain_with_error(images, targets)
+    totals, replicates = [], []
+    for j in range(4):  # a replicate is valid until the next one is asked for (it is reseeded)
+        twin = explainer.replicate(j, 4)
+        totals.append(twin.explain_totals(images, targets))
+        replicates.append(twin.finalize_totals(images, targets, totals[-1]))
+    # The map of all 16 samples: the replicates' gradient sums pooled, then the absolute
+    # value (a mean of four 4-sample maps would be another, biased, estimator).
+    pooled = twin.finalize_totals(images, targets, np.mean(totals, axis=0))
+    np.testing.assert_allclose(result.maps, pooled, rtol=1e-5, atol=1e-6 * np.abs(pooled).max())
+    replicates = np.stack(replicates).astype(np.float64)
+    spread = np.sum((replicates - replicates.mean(axis=0)) ** 2, axis=(0, 2, 3))
+    np.testing.assert_allclose(result.errors, np.sqrt(spread / 12) / _norms(pooled), rtol=1e-5)
+    assert result.samples.tolist() == [16] * 8 and result.converged.all()
+    # The replicates really are independent draws: no two are equal.
+    assert all(np.abs(replicates[a] - replicates[b]).max() > 0 for a in range(4) for b in range(a))
+    maps, errors = result  # unpacks as (maps, errors)
+    assert maps is result.maps and errors is result.errors
+
+
+def test_rise_replicates_pool_to_the_mean_of_their_maps(model, batch):
+    images, targets = batch
+    explainer = xai.create_explainer("rise", model, n_masks=64)
+    result = explainer.explain_with_error(images, targets)
+    mean = np.mean([explainer.replicate(j, 16).explain(images, targets).copy() for j in range(4)], axis=0)
+    np.testing.assert_allclose(result.maps, mean, rtol=1e-5, atol=1e-6 * np.abs(mean).max())
+
+
+@pytest.mark.parametrize("name, params", [
+    ("smoothgrad", {"n_samples": 16, "score": "logit"}),
+    ("rise", {"n_masks": 64}),
+    ("kernel_shap", {"n_samples": 96, "n_segments": 6, "segmentation": "grid"}),
+])
+def test_two_independent_calls_differ_by_what_their_errors_say(model, batch, name, params):
+    images, targets = batch
+    first = xai.create_explainer(name, model, **params, seed=0).explain_with_error(images, targets)
+    second = xai.create_explainer(name, model, **params, seed=1).explain_with_error(images, targets)
+    # Independent estimates of the same map: E|a - b|^2 = se_a^2 + se_b^2 (sqrt(2) x one error).
+    expected = np.hypot(first.errors * _norms(first.maps), second.errors * _norms(second.maps))
+    ratio = _norms(first.maps - second.maps) / expected
+    assert 0.7 < np.median(ratio) < 1.4, ratio
+    assert np.all((ratio > 0.25) & (ratio < 3)), ratio
+
+
+def test_tolerance_mode_samples_until_the_error_is_small_or_the_cap_is_spent(model, batch):
+    images, targets = batch
+    explainer = xai.create_explainer("smoothgrad", model, n_samples=16, score="logit")
+    plain = explainer.explain_with_error(images, targets)
+    tolerance = 0.8 * plain.errors.min()  # so that every image needs more than 16 samples
+    tight = explainer.explain_with_error(images, targets, tolerance=tolerance, max_samples=400)
+    assert tight.converged.all() and np.all(tight.errors <= tolerance)
+    assert np.all(tight.samples > 16) and np.all(tight.samples <= 400)
+    capped = explainer.explain_with_error(images, targets, tolerance=1e-4, max_samples=24)
+    assert not capped.converged.any() and tight.samples.dtype.kind == "i"
+    # Four replicates of 4 (the fewest SmoothGrad pools), then rounds of two up to the cap.
+    assert capped.samples.tolist() == [24] * 8
+    loose = explainer.explain_with_error(images, targets, tolerance=10.0)
+    assert loose.converged.all() and loose.samples.tolist() == [16] * 8
+
+
+def test_integrated_gradients_reports_its_completeness_gap_and_doubles_its_steps(model, batch):
+    images, targets = batch
+    explainer = xai.create_explainer("integrated_gradients", model, steps=4, score="probability")
+    result = explainer.explain_with_error(images, targets)
+    probabilities = lambda x: np.asarray(model(x))[np.arange(len(x)), targets]  # noqa: E731
+    difference = probabilities(images) - probabilities(np.zeros_like(images))
+    gap = np.abs(result.maps.sum(axis=(1, 2)) - difference) / np.abs(difference)
+    np.testing.assert_allclose(result.errors, gap, rtol=1e-3, atol=1e-6)
+    assert result.samples.tolist() == [4] * 8
+    # A reduced map cannot show the gap: a signed sibling measures it.
+    unsigned = xai.create_explainer("integrated_gradients", model, steps=4, score="probability", reduce="sum_abs")
+    np.testing.assert_allclose(unsigned.explain_with_error(images, targets).errors, result.errors, rtol=1e-5)
+    tolerance = float(np.median(gap)) / 2
+    doubled = explainer.explain_with_error(images, targets, tolerance=tolerance, max_samples=64)
+    assert set(doubled.samples.tolist()) <= {4, 8, 16, 32, 64} and doubled.samples.max() > 4
+    assert np.all(doubled.errors[doubled.converged] <= tolerance)
+    assert np.all(doubled.samples[~doubled.converged] == 64)
+
+
+def test_deterministic_methods_report_zero_and_random_nan(model, batch):
+    images, _ = batch
+    cam = xai.create_explainer("cam", model).explain_with_error(images)  # targets: the predicted class
+    np.testing.assert_array_equal(cam.maps, xai.create_explainer("cam", model).explain(images))
+    assert np.all(cam.errors == 0) and cam.converged.all()
+    assert np.isnan(xai.create_explainer("random", model).explain_with_error(images).errors).all()
+
+
+@pytest.mark.parametrize("kwargs, message", [({"tolerance": 0}, "tolerance"), ({"tolerance": "small"}, "tolerance"),
+                                             ({"tolerance": 0.1, "max_samples": 0}, "max_samples")])
+def test_bad_tolerance_settings_are_refused(model, batch, kwargs, message):
+    with pytest.raises(ParameterError, match=message):
+        xai.create_explainer("rise", model, n_masks=8).explain_with_error(batch[0], **kwargs)
+
+
+def test_compare_stores_and_reports_each_stochastic_maps_error(model_file, tmp_path):
+    import sqlite3
+
+    from xai.runner import CompareConfig, compare
+
+    config = CompareConfig(methods=["smoothgrad", "rise", "integrated_gradients", "cam", "random"],
+                           method_params={"smoothgrad": {"n_samples": 8, "score": "logit"}, "rise": {"n_masks": 32},
+                                          "integrated_gradients": {"steps": 8}},
+                           model=str(model_file), n_images=6, batch_size=3, metrics=["deletion"], tolerance=0.05,
+                           sanity_images=0, out=str(tmp_path))
+    run_dir = compare(config, quiet=True)
+    with sqlite3.connect(run_dir / "results.sqlite") as db:
+        rows = db.execute("SELECT method, metric, value FROM vals WHERE metric LIKE 'map_%'").fetchall()
+    errors = {(m, k): [] for m, k, _ in rows}
+    for method, metric, value in rows:
+        errors[method, metric].append(value)
+    # Deterministic methods and `random` have no Monte Carlo error to show.
+    assert {m for m, _ in errors} == {"smoothgrad", "rise", "integrated_gradients"}
+    assert all(len(v) == 6 for v in errors.values())
+    for method in ("smoothgrad", "rise", "integrated_gradients"):
+        reached = np.array(errors[method, "map_converged"]) == 1
+        assert np.all(np.array(errors[method, "map_error"])[reached] <= 0.05)
+    for report in ("report.html", "report.md"):
+        assert "Are the maps themselves converged?" in (run_dir / report).read_text(), report
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_cli_refuses_a_bad_tolerance_before_any_work(value):
+    from click.testing import CliRunner
+
+    from xai.cli import main
+
+    result = CliRunner().invoke(main, ["compare", "--tolerance", value])
+    assert result.exit_code == 2 and "--tolerance" in result.output and "Traceback" not in result.output
