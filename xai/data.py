@@ -574,3 +574,19 @@ def dataset_facts(name_or_path: str, *, n_images: int, num_classes: int = 2,
         return DatasetFacts(tuple(names), min(int(n_images), end - first), False)
     class_names, items = _list_folder(Path(name_or_path))
     return DatasetFacts(tuple(class_names), min(int(n_images), len(items)), False)
+
+
+def dataset_identity(name_or_path: str) -> tuple[object, Optional[str]]:
+    """(identity, path or None): a named dataset is its name; a folder is the digest of its
+    files' relative paths and sizes, so the same images under another path are the same run."""
+    import hashlib
+
+    if name_or_path in ("offline", "cats_vs_dogs"):
+        return name_or_path, None
+    root = Path(name_or_path)
+    if not root.is_dir():
+        return name_or_path, None  # load_dataset says what is wrong with it
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(f"{path.relative_to(root).as_posix()}\0{path.stat().st_size}\n".encode())
+    return {"folder_digest": h.hexdigest()[:16]}, str(root.resolve())
