@@ -65,8 +65,8 @@ def test_listing_explainers_loads_no_framework():
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["heavy"] == [] and out["errors"] == {} and len(out["names"]) >= 10
-    assert out["smoothgrad"] == ["batch_size", "jit_compile", "n_samples", "noise_level", "reduce", "score",
-                                 "seed"]
+    assert out["smoothgrad"] == ["antithetic", "batch_size", "jit_compile", "n_samples", "noise_level", "reduce",
+                                 "score", "seed"]
 
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["compare", "--help"], ["explain", "--help"],

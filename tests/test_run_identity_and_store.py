@@ -59,7 +59,7 @@ def test_every_config_field_is_identity_unless_declared_provenance(model_file):
     fields = {f.name: f.metadata.get("identity", True) for f in dataclasses.fields(CompareConfig)}
     via_spec = {f.name for f in dataclasses.fields(CompareConfig) if f.metadata.get("via") == "spec"}
     assert {name for name, kept in fields.items() if not kept} - via_spec == {"out", "backend", "address",
-                                                                               "workers"}
+                                                                               "workers", "image_source"}
     assert via_spec == {"input_range"}  # reaches the identity as the model's spec (below)
     expected = {name for name, kept in fields.items() if kept} - {"method_params"}
     assert expected <= set(identity)

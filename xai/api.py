@@ -105,7 +105,7 @@ def compare(model=None, *, methods: Union[str, Sequence[str], None] = None, data
             seed: int = 0, params: Optional[Mapping] = None, out: str = "xai-runs", backend: str = "local",
             address: Optional[str] = None, workers: Optional[int] = None, quiet: bool = False,
             batch_size: int = 16, n_examples: int = 4,
-            input_range: Optional[Sequence[float]] = None) -> Comparison:
+            input_range: Optional[Sequence[float]] = None, image_source: str = "driver") -> Comparison:
     """Run (or resume) a comparison and return its results; `xai compare` in Python.
 
     Parameters
@@ -118,6 +118,12 @@ def compare(model=None, *, methods: Union[str, Sequence[str], None] = None, data
         ``"all"`` for every one); the default metric set.
     params : dict, optional
         Explainer parameters, ``{"smoothgrad": {"n_samples": 8}}`` or ``{"smoothgrad.n_samples": 8}``.
+    backend, address, workers : "local" or "ray"; the Ray cluster ("auto", HOST:PORT, or None
+        to start one here); the number of Ray workers (None: one per node). A model in memory
+        runs on both backends: Ray workers receive it as bytes (docs/scaling.md).
+    image_source : "driver" (default) or "workers"
+        With Ray: the driver reads the images and sends them in shards, or each worker reads
+        its own shards from `dataset` (a name, or a path every worker node reaches).
     Other arguments as the CLI options of the same names (docs/cli.md).
 
     Returns
@@ -137,7 +143,7 @@ def compare(model=None, *, methods: Union[str, Sequence[str], None] = None, data
         methods=_methods(methods), method_params=_params(params), dataset=str(dataset), model=model,
         n_images=n_images, metrics=_methods(metrics), protocol=protocol, seed=seed, batch_size=batch_size,
         n_examples=n_examples,
-        out=str(out), backend=backend, address=address, workers=workers,
+        out=str(out), backend=backend, address=address, workers=workers, image_source=image_source,
         input_range=None if input_range is None else tuple(input_range))
     return Comparison(run_compare(config, quiet=quiet))
 

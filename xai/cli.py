@@ -318,18 +318,21 @@ def parse_tolerance(text):
               help="Ray cluster to join: 'auto' or HOST:PORT (default: start a local one).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Ray workers (default: one per cluster node).")
+@click.option("--image-source", type=click.Choice(["driver", "workers"]), default="driver", show_default=True,
+              help="Ray: the driver reads the images and ships them in shards, or each worker reads its own "
+                   "shards from --dataset (a name, or a path every node reaches; see docs/scaling.md).")
 @INPUT_RANGE
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def compare(methods, dataset, model, n_images, metrics, protocol, seed, tolerance, batch_size, n_examples, params,
-            out, backend, address, workers, input_range, quiet):
+            out, backend, address, workers, image_source, input_range, quiet):
     """Run every method on every image, score it, store the results, write the report.
 
     Rerunning the same command resumes the run: finished work is not recomputed.
     """
     method_params = parse_params(params)  # before TensorFlow loads: a typo fails at once
     tolerance = parse_tolerance(tolerance)
-    if backend == "local" and (address or workers):
-        raise click.UsageError("--address and --workers apply to --backend ray only.")
+    if backend == "local" and (address or workers or image_source != "driver"):
+        raise click.UsageError("--address, --workers and --image-source apply to --backend ray only.")
     load_tensorflow(quiet)
     from xai.runner import CompareConfig
     from xai.runner import compare as run_compare
@@ -341,7 +344,8 @@ def compare(methods, dataset, model, n_images, metrics, protocol, seed, toleranc
         methods=names(methods), method_params=method_params, dataset=dataset, model=model,
         n_images=n_images, metrics=names(metrics), protocol=protocol, seed=seed, batch_size=batch_size,
         n_examples=n_examples, out=out, backend=backend, address=address, workers=workers,
-        input_range=input_range, **({} if tolerance is ... else {"tolerance": tolerance}))
+        image_source=image_source, input_range=input_range,
+        **({} if tolerance is ... else {"tolerance": tolerance}))
     run_dir = run_compare(config, quiet=quiet)
     _summarise_run(run_dir)
     from xai.store import ResultsStore

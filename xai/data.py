@@ -8,6 +8,7 @@ on it). Class names travel as ``dataset.class_names``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import warnings
@@ -155,7 +156,7 @@ def render_offline_image(index: int, *, size: int = 64, num_classes: int = 2, se
 
 
 def offline(n_images: int = 1000, image_size: int = 64, num_classes: int = 2, seed: int = 0,
-            split: str = "train") -> tf.data.Dataset:
+            split: str = "train", start: int = 0) -> tf.data.Dataset:
     """The offline default dataset, generated deterministically from `seed` (no download).
 
     Parameters
@@ -168,6 +169,9 @@ def offline(n_images: int = 1000, image_size: int = 64, num_classes: int = 2, se
     seed : int, default 0
     split : "train", "validation" or "test"
         Independent streams of images for the same seed.
+    start : int, default 0
+        Index of the first image: ``offline(n, start=s)`` is images s to s + n - 1 of the
+        stream, the same as those of ``offline(s + n)``, without rendering the others.
 
     Examples
     --------
@@ -197,7 +201,9 @@ def offline(n_images: int = 1000, image_size: int = 64, num_classes: int = 2, se
         name = tf.strings.join([f"offline-{split}-s{seed}-", tf.strings.as_string(i)])
         return {"id": name, "image": image, "label": label, "mask": mask}
 
-    ds = tf.data.Dataset.range(int(n_images)).map(
+    if int(start) < 0:
+        raise ParameterError(f"start must be >= 0; got {start!r}.")
+    ds = tf.data.Dataset.range(int(start), int(start) + int(n_images)).map(
         to_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return _with_class_names(ds, OFFLINE_SHAPES[: int(num_classes)])
 
@@ -257,11 +263,14 @@ def offline_uninformative(n_images: int = 1000, image_size: int = 64, seed: int 
 # --------------------------------------------------------------------------------------
 
 def cats_vs_dogs(split: str = "train[80%:]", image_size=224, data_dir: Optional[str] = None,
-                 download: bool = True) -> tf.data.Dataset:
+                 download: bool = True, start: int = 0, count: Optional[int] = None) -> tf.data.Dataset:
     """tfds ``cats_vs_dogs`` as the seed's CAM post loads it: [0, 1] floats resized.
 
     The seed trains on ``train[:80%]`` and tests on the rest; the default here is the
-    held-out part, which is what explanations are evaluated on.
+    held-out part, which is what explanations are evaluated on. `start` and `count` read
+    only images ``start`` to ``start + count - 1`` of `split` (a shard, for a Ray worker):
+    tfds slices its files, so the images before them are not read; ids stay those of
+    `split`.
 
     Raises
     ------
@@ -272,7 +281,9 @@ def cats_vs_dogs(split: str = "train[80%:]", image_size=224, data_dir: Optional[
 
     size = _as_size(image_size)
     try:
-        ds, info = tfds.load("cats_vs_dogs", split=split, as_supervised=True, with_info=True,
+        read = split if (start, count) == (0, None) else _tfds_slice("cats_vs_dogs", split, start, count,
+                                                                      data_dir)
+        ds, info = tfds.load("cats_vs_dogs", split=read, as_supervised=True, with_info=True,
                              data_dir=data_dir, download=download)
     except Exception as exc:
         raise DataError(
@@ -289,8 +300,32 @@ def cats_vs_dogs(split: str = "train[80%:]", image_size=224, data_dir: Optional[
         return {"id": tf.strings.join(["cats_vs_dogs-", split, "-", tf.strings.as_string(index)]),
                 "image": image, "label": tf.cast(label, tf.int32)}
 
-    ds = ds.enumerate().map(to_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.enumerate(start=int(start)).map(to_element, num_parallel_calls=tf.data.AUTOTUNE,
+                                            deterministic=True)
     return _with_class_names(ds, info.features["label"].names)
+
+
+def _tfds_split_bounds(name: str, split: str, data_dir: Optional[str] = None) -> tuple[str, int, int]:
+    """(split name, first index, end index) of a tfds split spec such as ``train[80%:]``, read
+    from the prepared dataset's metadata; tfds's own rounding of percentages."""
+    import tensorflow_datasets as tfds
+
+    splits = tfds.builder(name, data_dir=data_dir).info.splits
+    instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(splits)
+    if len(instructions) != 1:
+        raise DataError(f"split {split!r} joins several slices; a sharded run needs one slice "
+                        "(such as 'train[80%:]').")
+    only = instructions[0]
+    total = splits[only.splitname].num_examples
+    return only.splitname, only.from_ or 0, total if only.to is None else only.to
+
+
+def _tfds_slice(name: str, split: str, start: int, count: Optional[int], data_dir=None) -> str:
+    """The absolute tfds split of images `start` to `start + count - 1` of `split`."""
+    base, first, end = _tfds_split_bounds(name, split, data_dir)
+    begin = min(first + int(start), end)
+    stop = end if count is None else min(end, begin + int(count))
+    return f"{base}[{begin}:{stop}]"
 
 
 # --------------------------------------------------------------------------------------
@@ -434,13 +469,14 @@ def _undecodable(paths: Sequence[str]) -> list[int]:
     return [i for i in range(len(paths)) if i not in decoded]
 
 
-def image_folder(root, image_size=224, n_images: Optional[int] = None) -> tf.data.Dataset:
+def image_folder(root, image_size=224, n_images: Optional[int] = None, start: int = 0) -> tf.data.Dataset:
     """A folder with one sub-folder per class (``ROOT/CLASS/*.png|jpg``), sorted by name.
 
     Every file used (the first `n_images` in that order, or all) is read and decoded once
     before the dataset is returned, so a foreign, truncated or damaged file is reported by
     name up front instead of failing deep inside a later run. Each image is turned upright
     by its EXIF orientation. Files that are not at ROOT/CLASS/FILE are named in a warning.
+    `start` skips the first files of that order (a shard: only its own files are read).
 
     Raises
     ------
@@ -451,6 +487,7 @@ def image_folder(root, image_size=224, n_images: Optional[int] = None) -> tf.dat
     root = Path(root)
     size = _as_size(image_size)
     class_names, items = _list_folder(root)
+    items = items[int(start):]
     if n_images is not None:
         items = items[: int(n_images)]
     bad, orientations = [], []
@@ -486,14 +523,70 @@ def image_folder(root, image_size=224, n_images: Optional[int] = None) -> tf.dat
 
 
 def load_dataset(name_or_path: str, *, n_images: int, image_size: int, seed: int = 0,
-                 num_classes: int = 2, split: Optional[str] = None) -> tf.data.Dataset:
-    """Resolve the CLI's ``--dataset`` value: "offline", "cats_vs_dogs" or a folder path."""
+                 num_classes: int = 2, split: Optional[str] = None, start: int = 0) -> tf.data.Dataset:
+    """Resolve the CLI's ``--dataset`` value: "offline", "cats_vs_dogs" or a folder path.
+
+    `start`: the dataset from its image `start` on (a shard of a run, read where it runs);
+    the images before it are not read.
+    """
     if name_or_path == "offline":
         ds = offline(n_images=n_images, image_size=image_size, num_classes=num_classes,
-                     seed=seed, split=split or "test")
+                     seed=seed, split=split or "test", start=start)
     elif name_or_path == "cats_vs_dogs":
-        ds = cats_vs_dogs(split=split or "train[80%:]", image_size=image_size)
+        ds = cats_vs_dogs(split=split or "train[80%:]", image_size=image_size, start=start, count=n_images)
     else:
-        ds = image_folder(name_or_path, image_size=image_size, n_images=n_images)
+        ds = image_folder(name_or_path, image_size=image_size, n_images=n_images, start=start)
     names = ds.class_names
     return _with_class_names(ds.take(n_images), names)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetFacts:
+    """What a run plans with, read without decoding a single image."""
+
+    class_names: tuple
+    n_images: int  # the images the run will use: at most its n_images
+    has_masks: bool
+
+
+def dataset_facts(name_or_path: str, *, n_images: int, num_classes: int = 2,
+                  split: Optional[str] = None) -> DatasetFacts:
+    """The facts of `load_dataset`'s dataset (same arguments), from its names, tfds metadata
+    or a folder listing: a driver plans a run whose images only its workers read.
+
+    Raises
+    ------
+    DataError
+        As `load_dataset`, for what can be known without decoding (a missing folder).
+    """
+    if name_or_path == "offline":
+        _check_offline(num_classes, split or "test")
+        return DatasetFacts(tuple(OFFLINE_SHAPES[: int(num_classes)]), int(n_images), True)
+    if name_or_path == "cats_vs_dogs":
+        import tensorflow_datasets as tfds
+
+        try:
+            _, first, end = _tfds_split_bounds("cats_vs_dogs", split or "train[80%:]")
+            names = tfds.builder("cats_vs_dogs").info.features["label"].names
+        except Exception as exc:
+            raise DataError(f"tfds 'cats_vs_dogs' is not prepared here ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}); see cats_vs_dogs().") from exc
+        return DatasetFacts(tuple(names), min(int(n_images), end - first), False)
+    class_names, items = _list_folder(Path(name_or_path))
+    return DatasetFacts(tuple(class_names), min(int(n_images), len(items)), False)
+
+
+def dataset_identity(name_or_path: str) -> tuple[object, Optional[str]]:
+    """(identity, path or None): a named dataset is its name; a folder is the digest of its
+    files' relative paths and sizes, so the same images under another path are the same run."""
+    import hashlib
+
+    if name_or_path in ("offline", "cats_vs_dogs"):
+        return name_or_path, None
+    root = Path(name_or_path)
+    if not root.is_dir():
+        return name_or_path, None  # load_dataset says what is wrong with it
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(f"{path.relative_to(root).as_posix()}\0{path.stat().st_size}\n".encode())
+    return {"folder_digest": h.hexdigest()[:16]}, str(root.resolve())

@@ -5,6 +5,8 @@ its outcome is committed.
   registry), the same code in this process and on Ray workers, with no store access.
 - `Backend`: runs jobs (a batch and the methods it still needs) and yields their outcomes;
   `LocalBackend` here, `xai.distributed.RayBackend` on a Ray cluster.
+- `ShardSource`: where a worker reads its shard's images itself, when the driver sends only
+  which images (``image_source="workers"``) instead of the images.
 - `store_outcome`: the only writer, called by the driver as outcomes arrive.
 """
 
@@ -18,10 +20,99 @@ from typing import Iterable, Iterator, Optional, Protocol, Sequence
 
 import numpy as np
 
-from xai.errors import PluginError
+from xai.errors import DataError, PluginError
 
-#: A job: one batch (dict of numpy arrays and ids) and the methods still to run on it.
+#: A job: one batch and the methods still to run on it. The batch is a dict of numpy arrays
+#: and ids (`batches`), or, read by the worker, only ``{"index", "start", "count"}``.
 Job = tuple
+
+#: Image sources (``CompareConfig.image_source``): who reads the images.
+IMAGE_SOURCES = ("driver", "workers")
+
+
+def batches(dataset, batch_size: int, has_masks: bool, input_range=(0.0, 1.0), first_index: int = 0):
+    """Batches as plain dicts of numpy arrays, images in the model's input range (the
+    datasets give [0, 1]); decoding overlaps the model's work. Batch k is the run's batch
+    ``first_index + k`` (its images start at ``index * batch_size``)."""
+    import tensorflow as tf
+
+    low, high = input_range
+    for index, batch in enumerate(dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE), start=first_index):
+        labels = batch["label"].numpy()
+        images = batch["image"].numpy()
+        if (low, high) != (0.0, 1.0):
+            images = images * np.float32(high - low) + np.float32(low)
+        yield {"index": index, "start": index * batch_size, "ids": [i.decode() for i in batch["id"].numpy()],
+               "images": images, "labels": labels, "targets": labels.astype(np.int32),
+               "masks": batch["mask"].numpy() if has_masks else None}
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardSource:
+    """The run's dataset as a worker reads it itself (``image_source="workers"``): by a name
+    (``offline``, ``cats_vs_dogs``) or a path that every worker node can reach, read one
+    shard at a time, so the driver sends only which images a shard holds."""
+
+    dataset: str
+    image_size: int
+    seed: int
+    num_classes: int
+    input_range: tuple
+    has_masks: bool
+    #: The run's dataset identity as the planning worker saw it (a folder: the digest of its
+    #: listing): a node whose copy of the folder differs fails instead of mixing images.
+    identity: object = None
+
+    def check(self) -> None:
+        """Raise `DataError` if this node's dataset is not the run's (once per worker)."""
+        from xai.data import dataset_identity
+
+        if isinstance(self.identity, dict) and not Path(self.dataset).is_dir():
+            raise self._unreachable("no such folder on this node")
+        try:
+            mine = dataset_identity(self.dataset)[0]
+        except OSError as exc:
+            raise self._unreachable(exc) from exc
+        if isinstance(self.identity, dict) and mine != self.identity:
+            raise DataError(f"the dataset folder {self.dataset!r} on {_node()} holds other files than the "
+                            f"one the run was planned with ({mine} != {self.identity}); every node must "
+                            "see the same folder (a shared filesystem), or use image_source='driver'.")
+
+    def read(self, index: int, start: int, count: int) -> dict:
+        """Images `start` to ``start + count - 1`` as batch `index` (`batches`' dict)."""
+        from xai.data import load_dataset
+
+        try:
+            dataset = load_dataset(self.dataset, n_images=count, image_size=self.image_size, seed=self.seed,
+                                   num_classes=self.num_classes, start=start)
+        except (DataError, OSError) as exc:
+            raise self._unreachable(exc) from exc
+        batch = next(batches(dataset, count, self.has_masks, self.input_range), None)
+        if batch is None or len(batch["ids"]) != count:
+            got = 0 if batch is None else len(batch["ids"])
+            raise DataError(f"{_node()} read {got} images of {self.dataset!r} from image {start} on; the run "
+                            f"was planned with {count}: the dataset differs between nodes.")
+        batch.update(index=index, start=start)
+        return batch
+
+    def _unreachable(self, why) -> DataError:
+        return DataError(f"{_node()} cannot read the dataset {self.dataset!r} ({why}). With "
+                         "image_source='workers' every worker node reads the images itself, so the "
+                         "dataset must be reachable there under the same name or path (a shared "
+                         "filesystem); or use image_source='driver'.")
+
+
+def _node() -> str:
+    """Which machine and process this is, for messages read on the driver."""
+    import os
+    import socket
+
+    return f"worker {socket.gethostname()} (pid {os.getpid()})"
+
+
+def batch_facts(batch: dict) -> dict:
+    """A batch without its arrays: what the driver stores beside an outcome."""
+    return {k: batch[k] for k in ("index", "start", "count", "ids", "labels", "targets") if k in batch}
 
 
 @dataclasses.dataclass
@@ -51,6 +142,32 @@ class WorkPlan:
         if not np.any(errors != 0) or not np.all(np.isfinite(errors)):  # deterministic, or `random`
             return result.maps, None, None
         return result.maps, errors, result.converged
+
+    #: Where a batch sent without images is read (``image_source="workers"``); None: every
+    #: batch comes with its images.
+    source: Optional[ShardSource] = None
+
+    def images_of(self, batch: dict) -> dict:
+        """`batch` with its images: as sent, or read from `source`."""
+        if "images" in batch:
+            return batch
+        if self.source is None:
+            raise DataError("a batch came without images and the run has no image source to read them.")
+        return self.source.read(batch["index"], batch["start"], batch["count"])
+
+    def run_per_method(self, metric: str, method: str, explainer_class, model, pool: dict,
+                       params: dict) -> dict:
+        """A metric that re-runs the explainer (the sanity checks) on the `pool` of images:
+        its result, or `failure`'s dict."""
+        from xai.evaluation.registry import get_metric
+
+        try:
+            pool = self.images_of(pool)
+            return get_metric(metric).per_method(explainer_class, model, np.asarray(pool["images"]),
+                                                 np.asarray(pool["targets"], np.int32), params=params,
+                                                 seed=self.seed)
+        except Exception as exc:
+            return failure(exc)
 
     def create_explainers(self, model, classes: Optional[dict] = None) -> tuple[dict, dict]:
         """(explainers, setup errors) by method; a method that cannot be built is an error
@@ -155,8 +272,21 @@ class Backend(Protocol):
     label: str
 
     def run(self, plan: WorkPlan, jobs: Iterable[Job]) -> Iterator[tuple[Job, dict]]:
-        """Run each job ``(batch, methods)``; yield ``(job, {method: outcome})`` as each ends,
-        in any order. Never touches the store."""
+        """Run each job ``(batch, methods)``; yield ``((batch_facts, methods), {method:
+        outcome})`` as each ends, in any order. Never touches the store."""
+        ...
+
+    def run_per_method(self, plan: WorkPlan, tasks: Iterable[tuple]) -> Iterator[tuple[tuple, dict]]:
+        """Run each ``(metric, method, params, pool)`` (`WorkPlan.run_per_method`); yield
+        ``(task, result)`` as each ends."""
+        ...
+
+    def close(self) -> None:
+        """Release what the backend started (also on leaving ``with backend:``)."""
+        ...
+
+    def record(self) -> dict:
+        """What the run's record keeps of this invocation (workers, nodes, lost workers)."""
         ...
 
 
@@ -173,15 +303,36 @@ class LocalBackend:
 
         explainers, setup_errors = plan.create_explainers(self.model)
         scorer, warmed = ev.ModelScorer(self.model), set()
-        for job in jobs:
-            batch, methods = job
-            yield job, plan.run_methods(methods, explainers, setup_errors, scorer, batch, warmed)
+        for batch, methods in jobs:
+            batch = plan.images_of(batch)
+            yield (batch_facts(batch), methods), plan.run_methods(methods, explainers, setup_errors, scorer,
+                                                                  batch, warmed)
+
+    def run_per_method(self, plan: WorkPlan, tasks: Iterable[tuple]) -> Iterator[tuple[tuple, dict]]:
+        from xai.registry import get_explainer
+
+        for task in tasks:
+            metric, method, params, pool = task
+            yield task, plan.run_per_method(metric, method, get_explainer(method), self.model, pool, params)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        pass
+
+    def record(self) -> dict:
+        return {}
 
 
 def store_outcome(store, method: str, batch: dict, outcome: dict) -> None:
-    """Commit one (method, batch) outcome with the batch's images; only the driver calls this."""
-    n_images = len(batch["ids"])
-    images = list(zip(batch["ids"], batch["labels"], batch["targets"]))
+    """Commit one (method, batch) outcome with the batch's images; only the driver calls this.
+    A batch whose images a worker could not read has no ids: its failure counts its images."""
+    n_images = len(batch["ids"]) if "ids" in batch else batch["count"]
+    images = list(zip(batch["ids"], batch["labels"], batch["targets"])) if "ids" in batch else []
     if not outcome["ok"]:
         store.record_failure(method, batch["index"], outcome["error"], n_images,
                              traceback=outcome.get("traceback"), images=images)

@@ -710,3 +710,52 @@ def load_model(path) -> keras.Model:
             spec = dataclasses.replace(spec, output=derive_spec(model).output)
         attach_spec(model, spec)
     return model
+
+
+#: The names of the two members of `model_to_bytes`'s archive.
+_BLOB_MODEL, _BLOB_SPEC = "model.keras", "model.keras" + _SIDECAR_SUFFIX
+
+
+def model_to_bytes(model: keras.Model) -> bytes:
+    """The model and its spec as one zip archive (what `save_model` writes as two files).
+
+    For processes that cannot read this machine's disk (Ray workers on other nodes): the
+    bytes travel, never a path. `model_from_bytes` reads them back.
+    """
+    import io
+    import tempfile
+    import zipfile
+
+    with tempfile.TemporaryDirectory(prefix="xai-model-") as tmp:
+        path = save_model(model, Path(tmp) / _BLOB_MODEL)
+        buffer = io.BytesIO()
+        # Stored, not deflated: a .keras file is a zip already.
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+            archive.write(path, _BLOB_MODEL)
+            archive.write(Path(str(path) + _SIDECAR_SUFFIX), _BLOB_SPEC)
+    return buffer.getvalue()
+
+
+def model_from_bytes(data: bytes) -> keras.Model:
+    """The model of `model_to_bytes`, spec attached, loaded with ``safe_mode=True``.
+
+    Raises
+    ------
+    ModelError
+        The bytes are not such an archive.
+    """
+    import io
+    import tempfile
+    import zipfile
+
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        members = set(archive.namelist())
+    except (zipfile.BadZipFile, TypeError) as exc:
+        raise ModelError(f"the model's bytes are not an archive of model_to_bytes ({exc}).") from exc
+    if members != {_BLOB_MODEL, _BLOB_SPEC}:
+        raise ModelError(f"the model's archive holds {sorted(members)}; expected {[_BLOB_MODEL, _BLOB_SPEC]}.")
+    # Keras reads a .keras archive from a path only: a private temporary copy on this node.
+    with tempfile.TemporaryDirectory(prefix="xai-model-") as tmp:
+        archive.extractall(tmp)
+        return load_model(Path(tmp) / _BLOB_MODEL)

@@ -26,7 +26,7 @@ import numpy as np
 
 import xai
 from xai.errors import ConfigError, DataError, ModelError, NotApplicable, ParameterError, StoreError
-from xai.execution import LocalBackend, WorkPlan, failure, store_outcome
+from xai.execution import IMAGE_SOURCES, LocalBackend, ShardSource, WorkPlan, batches, store_outcome
 
 #: Version of the identity's layout: bump it when the same run would get another key.
 KEY_VERSION = 2
@@ -70,6 +70,9 @@ class CompareConfig:
     backend: str = _provenance("local")  # "local" or "ray"
     address: Optional[str] = _provenance(None)  # Ray: None starts a local cluster, "auto" or HOST:PORT joins one
     workers: Optional[int] = _provenance(None)  # Ray: None = one per node
+    # Ray: "driver" reads the images and ships them in shards; "workers" read their own shards
+    # from the dataset (a name, or a path every node reaches). The same images either way.
+    image_source: str = _provenance("driver")
 
 
 BACKENDS = ("local", "ray")
@@ -133,6 +136,11 @@ def resolve_config(config: CompareConfig) -> ResolvedConfig:
     if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float))
                                   or not 0 < tolerance < float("inf")):
         raise ConfigError(f"tolerance must be a positive relative error (e.g. 0.05) or None; got {tolerance!r}.")
+    if config.image_source not in IMAGE_SOURCES:
+        raise ConfigError(f"image_source must be one of {IMAGE_SOURCES}; got {config.image_source!r}.")
+    if config.image_source == "workers" and config.backend != "ray":
+        raise ConfigError("image_source='workers' has Ray workers read their own images; it needs "
+                          f"backend='ray' (got backend={config.backend!r}).")
     if config.workers is not None and (not isinstance(config.workers, int) or config.workers < 1):
         raise ParameterError(f"workers must be an integer >= 1; got {config.workers!r}.")
     for name in ("n_images", "batch_size"):
@@ -152,20 +160,6 @@ def file_digest(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:16]
-
-
-def _dataset_identity(dataset: str) -> tuple[object, Optional[str]]:
-    """(identity, path or None): a named dataset is its name; a folder is the digest of its
-    files' relative paths and sizes, so the same images under another path are the same run."""
-    if dataset in ("offline", "cats_vs_dogs"):
-        return dataset, None
-    root = Path(dataset)
-    if not root.is_dir():
-        return dataset, None  # load_dataset says what is wrong with it
-    h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        h.update(f"{path.relative_to(root).as_posix()}\0{path.stat().st_size}\n".encode())
-    return {"folder_digest": h.hexdigest()[:16]}, str(root.resolve())
 
 
 def model_digest(model) -> str:
@@ -203,9 +197,12 @@ def resolve_model(model_arg, verbose: int = 1):
     return load_model(path), {"kind": "file", "path": str(path.resolve()), "digest": file_digest(path)}
 
 
-def run_identity(resolved: ResolvedConfig, model_info: dict, spec) -> dict:
+def run_identity(resolved: ResolvedConfig, model_info: dict, spec, dataset_identity=None) -> dict:
     """The canonical identity of a run: every field that changes its numbers, in a canonical
-    form (resolved parameters, sorted names, content digests), and nothing else."""
+    form (resolved parameters, sorted names, content digests), and nothing else.
+    `dataset_identity`: as `xai.data.dataset_identity` saw it where the images are read
+    (default: here)."""
+    from xai.data import dataset_identity as identity_of
     from xai.registry import plugin_info
 
     config = resolved.config
@@ -218,7 +215,7 @@ def run_identity(resolved: ResolvedConfig, model_info: dict, spec) -> dict:
     del identity["method_params"]
     identity["metrics"] = list(resolved.metrics)
     identity["model"] = {"digest": model_info["digest"]}
-    identity["dataset"] = _dataset_identity(config.dataset)[0]
+    identity["dataset"] = identity_of(config.dataset)[0] if dataset_identity is None else dataset_identity
     identity["input_shape"] = list(spec.input_shape)
     if tuple(spec.input_range) != (0.0, 1.0):  # only then: earlier runs keep their keys
         identity["input_range"] = list(spec.input_range)
@@ -226,17 +223,18 @@ def run_identity(resolved: ResolvedConfig, model_info: dict, spec) -> dict:
     return identity
 
 
-def run_provenance(resolved: ResolvedConfig, model_info: dict) -> dict:
+def run_provenance(resolved: ResolvedConfig, model_info: dict, dataset_path: Optional[str] = None) -> dict:
     """Where and with what a run ran: shown in the report, never part of its key."""
     import keras
     import tensorflow as tf
 
+    from xai.data import dataset_identity
     from xai.registry import plugin_info
 
     plugins = {m: {"distribution": plugin_info(m).distribution, "version": plugin_info(m).version}
                for m in resolved.methods}
     return {"model": {"kind": model_info["kind"], "path": model_info["path"]},
-            "dataset": _dataset_identity(resolved.config.dataset)[1] or resolved.config.dataset,
+            "dataset": dataset_path or dataset_identity(resolved.config.dataset)[1] or resolved.config.dataset,
             "methods": plugins,
             "versions": {"xai": xai.__version__, "tensorflow": tf.__version__,
                          "keras": keras.__version__, "numpy": np.__version__}}
@@ -278,22 +276,6 @@ def _progress(total: int, quiet: bool, desc: str):
     return tqdm(total=total, desc=desc, disable=quiet or not sys.stderr.isatty(), leave=False)
 
 
-def _batches(dataset, batch_size: int, has_masks: bool, input_range=(0.0, 1.0)):
-    """Batches as plain dicts of numpy arrays, images in the model's input range (the
-    datasets give [0, 1]); decoding overlaps the model's work."""
-    import tensorflow as tf
-
-    low, high = input_range
-    for index, batch in enumerate(dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)):
-        labels = batch["label"].numpy()
-        images = batch["image"].numpy()
-        if (low, high) != (0.0, 1.0):
-            images = images * np.float32(high - low) + np.float32(low)
-        yield {"index": index, "start": index * batch_size, "ids": [i.decode() for i in batch["id"].numpy()],
-               "images": images, "labels": labels, "targets": labels.astype(np.int32),
-               "masks": batch["mask"].numpy() if has_masks else None}
-
-
 @contextlib.contextmanager
 def run_lock(run_dir: Path, name: str = "compare.lock"):
     """Hold an exclusive lock on `run_dir` (``fcntl.flock`` on ``RUN_DIR/compare.lock``).
@@ -333,10 +315,11 @@ def run_lock(run_dir: Path, name: str = "compare.lock"):
 
 
 def check_classes(dataset, spec, name: str) -> None:
-    """Refuse a dataset with more classes than the model has outputs (before any work)."""
+    """Refuse a dataset (or `DatasetFacts`) with more classes than the model has outputs
+    (before any work)."""
     n = len(dataset.class_names)
     if n > spec.num_classes:
-        shown = ", ".join(dataset.class_names[:8]) + (", ..." if n > 8 else "")
+        shown = ", ".join(list(dataset.class_names)[:8]) + (", ..." if n > 8 else "")
         raise DataError(f"the dataset {name!r} has {n} classes ({shown}) but the model has "
                         f"{spec.num_classes} outputs; use a model with at least {n} outputs, or a "
                         f"folder with at most {spec.num_classes} class folders.")
@@ -349,12 +332,11 @@ def compare(config: CompareConfig = CompareConfig(), *, quiet: bool = False,
     Everything a user can get wrong (configuration, model, dataset: missing, unreadable or
     damaged images, more classes than the model has outputs) is refused with an `XAIError`
     before the first batch. Only one process works on a run directory at a time (`run_lock`).
+    With ``image_source="workers"`` the images are read by the Ray workers: the dataset is
+    then checked on a worker node, and an image a worker cannot read fails its shard, with
+    the reason, while the run goes on.
     """
-    from xai import data as xdata
-    from xai.evaluation import registry as metric_registry
-    from xai import _keras_internals as internals
     from xai.models import attach_spec, model_spec, prepare_model
-    from xai.store import ResultsStore
 
     resolved = resolve_config(config)
     model, model_info = resolve_model(config.model, verbose=0 if quiet else 1)
@@ -362,24 +344,52 @@ def compare(config: CompareConfig = CompareConfig(), *, quiet: bool = False,
     if config.input_range is not None:
         model = attach_spec(model, dataclasses.replace(model_spec(model), input_range=tuple(
             float(v) for v in config.input_range)))
+    if config.backend == "ray":
+        from xai.distributed import RayBackend
+
+        # The model in memory travels to the workers (as bytes): no worker reads a path.
+        backend = RayBackend(model, address=config.address, workers=config.workers)
+    else:
+        backend = LocalBackend(model)
+    with backend:
+        return _compare(resolved, model, model_info, backend, quiet=quiet, write_report=write_report)
+
+
+def _compare(resolved: ResolvedConfig, model, model_info: dict, backend, *, quiet: bool,
+             write_report: bool) -> Path:
+    """`compare` once the model and the backend are chosen: plan, run on `backend`, store."""
+    from xai import data as xdata
+    from xai.evaluation import registry as metric_registry
+    from xai import _keras_internals as internals
+    from xai.models import model_spec
+    from xai.store import ResultsStore
+
+    config = resolved.config
     spec = model_spec(model)
-    dataset = xdata.load_dataset(config.dataset, n_images=config.n_images,
-                                 image_size=spec.input_shape[0], seed=config.seed,
-                                 num_classes=spec.num_classes)
-    check_classes(dataset, spec, config.dataset)
+    if config.image_source == "workers":
+        # Planned from what a worker node sees: the driver may not reach the images at all.
+        facts, dataset_id, dataset_path = backend.describe_dataset(config.dataset, config.n_images,
+                                                                   spec.num_classes)
+        dataset, class_names, has_masks = None, list(facts.class_names), facts.has_masks
+    else:
+        dataset = xdata.load_dataset(config.dataset, n_images=config.n_images,
+                                     image_size=spec.input_shape[0], seed=config.seed,
+                                     num_classes=spec.num_classes)
+        facts, (dataset_id, dataset_path) = None, xdata.dataset_identity(config.dataset)
+        class_names, has_masks = list(dataset.class_names), "mask" in dataset.element_spec
+    check_classes(facts or dataset, spec, config.dataset)
     if not quiet:
         print(describe_input(spec), file=sys.stderr)
-    identity = run_identity(resolved, model_info, spec)
+    identity = run_identity(resolved, model_info, spec, dataset_id)
     key = run_key(identity)
     run_dir = Path(config.out) / key
     with run_lock(run_dir):
         store = ResultsStore(run_dir, identity, key)
         try:
-            _check_provenance(store, run_provenance(resolved, model_info))
+            _check_provenance(store, run_provenance(resolved, model_info, dataset_path))
             if not (run_dir / "model.keras").is_file():
                 _save_run_model(model, run_dir / "model.keras")  # what every number was computed with
 
-            has_masks = "mask" in dataset.element_spec
             metrics = [metric_registry.get_metric(m) for m in resolved.metrics]
             has_graph = internals.functional_graph(model) is not None
             skipped = {m.name: "the dataset has no ground-truth masks" for m in metrics
@@ -388,7 +398,7 @@ def compare(config: CompareConfig = CompareConfig(), *, quiet: bool = False,
                             for m in metrics if m.needs_layer_graph and not has_graph})
             usable = [m for m in metrics if m.name not in skipped]
             store.set_extra("skipped_metrics", skipped)
-            store.set_extra("class_names", list(dataset.class_names))
+            store.set_extra("class_names", class_names)
 
             # A method not defined for this architecture (CAM without a GAP -> Dense head) is
             # reported as such, not run batch after batch to fail.
@@ -412,31 +422,36 @@ def compare(config: CompareConfig = CompareConfig(), *, quiet: bool = False,
             if CHANCE not in methods and any(m.per_batch is not None for m in usable):
                 warnings.warn(f"`{CHANCE}` is not among the methods: no metric can be checked against chance, "
                               "so the report ranks methods on none (add it with --methods ...,random).",
-                              UserWarning, stacklevel=2)
+                              UserWarning, stacklevel=3)
             for method, reason in not_applicable.items():
                 if not quiet:
                     print(f"{method}: not applicable to this model ({reason})", file=sys.stderr)
+            source = None if facts is None else ShardSource(
+                config.dataset, spec.input_shape[0], config.seed, spec.num_classes,
+                tuple(float(v) for v in spec.input_range), has_masks, dataset_id)
             plan = WorkPlan(methods=methods, method_params=resolved.method_params,
                             metrics=[m.name for m in usable if m.per_batch is not None],
                             protocol=config.protocol, n_examples=config.n_examples, seed=config.seed,
-                            tolerance=config.tolerance)
-            if config.backend == "ray":
-                from xai.distributed import RayBackend
+                            tolerance=config.tolerance, source=source)
 
-                backend = RayBackend(run_dir / "model.keras", address=config.address,
-                                     workers=config.workers)
-            else:
-                backend = LocalBackend(model)
-
-            n_batches = -(-config.n_images // config.batch_size)
+            n_batches = -(-(config.n_images if facts is None else facts.n_images) // config.batch_size)
             bar = _progress(n_batches * len(methods), quiet, backend.label)
-            sanity_pool = {"images": [], "targets": []}
+            if facts is None:
+                # The first images are kept for the per-method metrics as the batches pass by.
+                sanity_pool = {"images": [], "targets": []}
+                shards = batches(dataset, config.batch_size, has_masks, spec.input_range)
+            else:
+                # Which images each shard holds, nothing more: the workers read them.
+                sanity_pool = {"index": 0, "start": 0, "count": min(config.sanity_images, facts.n_images)}
+                shards = ({"index": i, "start": i * config.batch_size,
+                           "count": min(config.batch_size, facts.n_images - i * config.batch_size)}
+                          for i in range(n_batches))
 
             def jobs():
                 # Reads the store (what is done) but never writes it: the loop below commits.
-                for batch in _batches(dataset, config.batch_size, has_masks, spec.input_range):
-                    take = config.sanity_images - len(sanity_pool["images"])
-                    if take > 0:  # the first images are kept for the per-method metrics
+                for batch in shards:
+                    take = config.sanity_images - len(sanity_pool.get("images", ()))
+                    if "images" in batch and take > 0:
                         sanity_pool["images"].extend(batch["images"][:take])
                         sanity_pool["targets"].extend(batch["targets"][:take])
                     todo = [m for m in methods if not store.is_done(m, batch["index"])]
@@ -450,10 +465,16 @@ def compare(config: CompareConfig = CompareConfig(), *, quiet: bool = False,
                 bar.update(len(todo))
             bar.close()
 
-            if sanity_pool["images"]:
-                for metric in usable:
-                    if metric.per_method is not None:
-                        _run_per_method(metric, store, model, methods, resolved, config.seed, sanity_pool)
+            if sanity_pool.get("images") or sanity_pool.get("count"):
+                if "images" in sanity_pool:
+                    sanity_pool = {"images": np.stack(sanity_pool["images"]),
+                                   "targets": np.asarray(sanity_pool["targets"], np.int32)}
+                _run_per_method(backend, plan, store, [m for m in usable if m.per_method is not None],
+                                methods, config.method_params, sanity_pool)
+            # How this invocation ran (a run may be resumed elsewhere): provenance, never identity.
+            store.set_extra("executions", store.extra("executions", []) + [{
+                "backend": config.backend, "image_source": config.image_source, "address": config.address,
+                **backend.record()}])
             if write_report:
                 from xai.report import write_report as _write
 
@@ -483,20 +504,14 @@ def _save_run_model(model, path: Path) -> None:
         raise
 
 
-def _run_per_method(metric, store, model, methods, resolved: ResolvedConfig, seed: int, pool) -> None:
-    """A metric that re-runs the explainer (the sanity checks), once per method, on the pool."""
-    from xai.registry import get_explainer
-
-    images = np.stack(pool["images"])
-    targets = np.asarray(pool["targets"], np.int32)
-    results = store.extra(metric.name, {})
-    for method in methods:
-        if method in results or not store.any_done(method):
-            continue  # done already, or the method never ran
-        try:
-            results[method] = metric.per_method(get_explainer(method), model, images, targets,
-                                                params=resolved.config.method_params.get(method, {}),
-                                                seed=seed)
-        except Exception as exc:
-            results[method] = failure(exc)
-        store.set_extra(metric.name, results)
+def _run_per_method(backend, plan: WorkPlan, store, metrics, methods, method_params: dict, pool) -> None:
+    """Metrics that re-run the explainer (the sanity checks), once per method on the `pool`
+    of images, on the backend's workers; each result is stored as it arrives."""
+    results = {metric.name: store.extra(metric.name, {}) for metric in metrics}
+    tasks = [(metric.name, method, method_params.get(method, {}), pool) for metric in metrics
+             for method in methods
+             # done already, or the method never ran
+             if method not in results[metric.name] and store.any_done(method)]
+    for (metric, method, _, _), result in backend.run_per_method(plan, tasks):
+        results[metric][method] = result
+        store.set_extra(metric, results[metric])
