@@ -38,9 +38,10 @@ from xai.errors import ParameterError
 #: Replicates of the first round: what `explain_with_error` costs without a tolerance is
 #: one map's worth of samples, split into this many.
 FIRST_REPLICATES = 4
-#: Replicates added per round once the first ones are in: few enough that an image stops
-#: soon after reaching the tolerance, enough that a round is not all overhead.
-REPLICATES_PER_ROUND = 2
+#: Tolerance mode's later rounds give each image the replicates its error says it needs
+#: (error ~ 1 / sqrt(samples)) times this margin, and at least `MIN_REPLICATES_PER_ROUND`.
+GROWTH_MARGIN = 1.2
+MIN_REPLICATES_PER_ROUND = 2
 #: The cap of tolerance mode, in multiples of the method's own sample count, when none is given.
 DEFAULT_CAP_FACTOR = 8
 
@@ -121,7 +122,8 @@ def replicated(explainer, images, targets, tolerance: Optional[float], max_sampl
     # converges early costs less than `explain`; each replicate keeps the fewest samples
     # its estimator is sound with (a LIME fit needs more coalitions than superpixels).
     start = count if tolerance is None else max(1, count // 4)
-    per = max(explainer.smallest_replicate(), start // FIRST_REPLICATES)
+    # ... but never so large that the first replicates alone cost more than `explain`.
+    per = min(max(explainer.smallest_replicate(), start // FIRST_REPLICATES), max(1, count // FIRST_REPLICATES))
     cap = max(cap, FIRST_REPLICATES * per)
     n = len(images)
     total = np.zeros(images.shape[:3], np.float64)
@@ -166,10 +168,12 @@ def replicated(explainer, images, targets, tolerance: Optional[float], max_sampl
         todo = np.flatnonzero((errors > tolerance) & ((k + 1) * per <= cap))
         if not len(todo):
             break
-        for _ in range(REPLICATES_PER_ROUND):
-            which = todo[(k[todo] + 1) * per <= cap]
-            if len(which):
-                run(replicate, which)
+        # An error falls as 1 / sqrt(samples): ask each image for what should reach the
+        # tolerance (with a margin), within the cap, then look again.
+        wanted = np.ceil(k[todo] * (errors[todo] / tolerance) ** 2 * GROWTH_MARGIN) - k[todo]
+        more = np.clip(wanted, MIN_REPLICATES_PER_ROUND, cap // per - k[todo]).astype(int)
+        for r in range(int(more.max())):
+            run(replicate, todo[more > r])
             replicate += 1
         maps, errors = estimate()
     converged = np.ones(n, bool) if tolerance is None else errors <= tolerance
