@@ -117,6 +117,9 @@ _METRICS["map_error"] = Metric(
     "map_error", higher_is_better=False, is_cost=True, default=False, order=1001,
     description="Monte Carlo error of each map of a stochastic method: the relative L2 standard error "
                 "of its replicates (Integrated Gradients: its completeness gap); a diagnostic, not ranked")
+_METRICS["score_saturated"] = Metric(
+    "score_saturated", higher_is_better=False, is_cost=True, default=False, order=1003,
+    description="1 where a gradient method's score (loss or probability) saturates: 1 - p(target) < 1e-3")
 _METRICS["map_converged"] = Metric(
     "map_converged", higher_is_better=True, is_cost=True, default=False, order=1002,
     description="1 where a map's error reached the run's tolerance, 0 where its sampling hit the cap")

@@ -31,6 +31,8 @@ class GradCAM(Explainer):
     jit_compile : bool, default False
     """
 
+    differentiates_score = True
+
     default_score = "logit"
     parameters = {
         "layer": LAYER,

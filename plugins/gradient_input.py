@@ -33,6 +33,8 @@ class GradientInput(Explainer):
     ((2, 32, 32), dtype('float32'))
     """
 
+    differentiates_score = True
+
     default_score = "logit"
     parameters = {
         "reduce": Param("sum", choices=SIGNED_REDUCTIONS, doc="Channel reduction (sum: signed)."),

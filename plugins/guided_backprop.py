@@ -59,6 +59,8 @@ class GuidedBackprop(Explainer):
     ((2, 32, 32), dtype('float32'))
     """
 
+    differentiates_score = True
+
     default_score = "logit"
     parameters = {
         "reduce": Param("sum_abs", choices=SIGNED_REDUCTIONS, doc="Channel reduction of the gradient."),

@@ -34,6 +34,8 @@ class SmoothGrad(PerturbationExplainer):
     jit_compile : bool, default False
     """
 
+    differentiates_score = True
+
     stochastic = True
     sample_count = "n_samples"
     default_score = "loss"

@@ -31,6 +31,8 @@ class VanillaGradient(Explainer):
     ((2, 32, 32), dtype('float32'))
     """
 
+    differentiates_score = True
+
     default_score = "loss"
     parameters = {
         "reduce": Param("sum_abs", choices=REDUCTIONS, doc="Channel reduction of |gradient|."),

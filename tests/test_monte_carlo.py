@@ -156,3 +156,56 @@ def test_cli_refuses_a_bad_tolerance_before_any_work(value):
 
     result = CliRunner().invoke(main, ["compare", "--tolerance", value])
     assert result.exit_code == 2 and "--tolerance" in result.output and "Traceback" not in result.output
+
+
+@pytest.fixture(scope="module")
+def sure_model_file(tmp_path_factory):
+    """A classifier that is sure of class 0 on every image (p > 1 - 1e-6): saturated."""
+    keras.utils.set_random_seed(2)
+    model = xai.vgg16_gap((32, 32, 3), num_classes=2, width=0.125)
+    kernel, _ = model.get_layer("predictions").get_weights()
+    model.get_layer("predictions").set_weights([kernel * 0.01, np.array([15.0, 0.0], np.float32)])
+    path = tmp_path_factory.mktemp("sure") / "sure.keras"
+    xai.models.save_model(model, path)
+    return path
+
+
+def test_saturation_is_flagged_for_gradients_of_the_loss_and_probability_only(model):
+    probabilities = np.array([0.99995, 0.6])
+    assert xai.create_explainer("vanilla_gradient", model).saturated(probabilities).tolist() == [True, False]
+    assert xai.create_explainer("smoothgrad", model, score="probability").saturated(probabilities)[0]
+    assert xai.create_explainer("vanilla_gradient", model, score="logit").saturated(probabilities) is None
+    assert xai.create_explainer("cam", model).saturated(probabilities) is None
+    assert xai.create_explainer("rise", model).saturated(probabilities) is None
+
+
+def test_a_saturated_score_is_reported_by_compare_and_explain(sure_model_file, tmp_path):
+    import sqlite3
+
+    import tensorflow as tf
+    from click.testing import CliRunner
+
+    from xai.cli import main
+    from xai.runner import CompareConfig, compare
+
+    run_dir = compare(CompareConfig(methods=["vanilla_gradient", "cam"], model=str(sure_model_file), n_images=8,
+                                    batch_size=4, metrics=["deletion"], sanity_images=0, out=str(tmp_path)),
+                      quiet=True)
+    with sqlite3.connect(run_dir / "results.sqlite") as db:
+        flags = db.execute("SELECT v.method, v.value, i.target FROM vals v JOIN images i USING (image_id) "
+                           "WHERE v.metric='score_saturated'").fetchall()
+    # The loss saturates where the target is the class the model is sure of, not where it is
+    # the other class (p ~ 0: the loss's gradient is the logit's); CAM differentiates nothing.
+    assert {method for method, _, _ in flags} == {"vanilla_gradient"} and len(flags) == 8
+    assert all(value == float(target == 0) for _, value, target in flags), flags
+    sure = sum(target == 0 for _, _, target in flags)
+    assert 0 < sure < 8
+    assert f'vanilla_gradient differentiates score="loss", which saturates on {sure} of 8 images' in (
+        run_dir / "report.md").read_text()
+    image = tmp_path / "image.png"
+    image.write_bytes(tf.io.encode_png(np.full((32, 32, 3), 128, np.uint8)).numpy())
+    result = CliRunner().invoke(main, ["explain", str(image), "--model", str(sure_model_file), "--method",
+                                       "vanilla_gradient", "--method", "cam", "--out", str(tmp_path / "out.png")])
+    assert result.exit_code == 0, result.output
+    assert "note: vanilla_gradient differentiates score='loss', which saturates on image.png" in result.output
+    assert "note: cam" not in result.output

@@ -259,6 +259,9 @@ def explain(images, methods, model, target, params, out, input_range):
     low, high = spec.input_range
     batch = data.load_images(list(images), spec.input_shape[:2]) * np.float32(high - low) + np.float32(low)
     maps, predicted, _ = explain_batch(batch, methods, net, target=target, params=options)
+    for line in saturation_notes(net, batch, predicted if target is None else np.full(len(batch), target),
+                                 methods, options, [Path(i).name for i in images]):
+        click.echo(line, err=True)
     names = spec.class_names or tuple(str(i) for i in range(spec.num_classes))
     figs = [display.explanation_figure(batch[i], {m: maps[m][i] for m in methods},
                                        title=f"{Path(images[i]).name}: {names[predicted[i]]}",
@@ -272,6 +275,31 @@ def explain(images, methods, model, target, params, out, input_range):
         for i, fig in enumerate(figs):
             fig.savefig(out.with_name(f"{out.stem}-{i}{out.suffix}"), dpi=120)
     click.echo(f"wrote {out if len(figs) == 1 else out.with_name(out.stem + '-*' + out.suffix)}")
+
+
+def saturation_notes(model, batch, targets, methods, options, names) -> list:
+    """A line per gradient method whose score (loss, probability) saturates on an image: its
+    gradient there is the logit's scaled by about 1 - p, so say so and name the logit."""
+    import numpy as np
+
+    from xai.explainer import SATURATING_SCORES, SATURATION
+    from xai.head import ModelHead
+    from xai.registry import get_explainer
+
+    probabilities = np.asarray(ModelHead(model)(batch)["probabilities"])[np.arange(len(batch)), targets]
+    notes = []
+    for method in methods:
+        cls = get_explainer(method)
+        score = cls.resolve_params(options.get(method, {})).get("score")
+        if not cls.differentiates_score or score not in SATURATING_SCORES:
+            continue
+        where = [f"{n} (p = {p:.6f})" for n, p in zip(names, probabilities) if 1 - p < SATURATION]
+        if where:
+            notes.append(f"note: {method} differentiates score={score!r}, which saturates on {', '.join(where)}: "
+                         "its gradient is the logit's scaled by about 1 - p (an average over noisy copies is "
+                         f"dominated by the few where the model is less sure); --param {method}.score=logit "
+                         "does not saturate.")
+    return notes
 
 
 def parse_tolerance(text):

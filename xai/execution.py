@@ -217,6 +217,10 @@ class WorkPlan:
         if not np.all(np.isfinite(maps)):
             raise PluginError(f"{method} returned NaN or infinite values.")
         values = [(i, "seconds_per_image", seconds / len(images)) for i in ids]
+        saturated = explainer.saturated(scorer.scores(images, targets, "probability")) \
+            if getattr(explainer, "differentiates_score", False) else None
+        if saturated is not None:
+            values += [(i, "score_saturated", float(s)) for i, s in zip(ids, saturated)]
         if errors is not None:
             values += [(i, "map_error", float(e)) for i, e in zip(ids, errors)]
             values += [(i, "map_converged", float(c)) for i, c in zip(ids, converged)]

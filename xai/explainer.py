@@ -27,6 +27,11 @@ from xai._lazy import tf
 from xai.errors import DataError, NotApplicable, ParameterError, PluginError
 
 SCORES = ("loss", "probability", "logit")
+#: Scores whose gradient is the logit's scaled by about 1 - p(target): it fades as the model
+#: grows sure. The logit does not saturate.
+SATURATING_SCORES = ("loss", "probability")
+#: An image saturates a gradient method's score when 1 - p(target) is below this.
+SATURATION = 1e-3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +186,9 @@ class Explainer:
     #: For a stochastic method: the parameter that sets its samples per image (its cost), which
     #: `explain_with_error` splits into independent replicates (``seed`` must be a parameter too).
     sample_count: ClassVar[Optional[str]] = None
+    #: Whether the map is a gradient of ``score`` at the image or its noisy copies, which fades
+    #: where a saturating score (loss, probability) saturates: see `saturated`.
+    differentiates_score: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -424,6 +432,14 @@ class Explainer:
         if key not in cache:
             cache[key] = type(self)(self.model, spec=self.spec, **{**self.params, **changes})
         return cache[key]
+
+    def saturated(self, probabilities) -> Optional[np.ndarray]:
+        """Per image, whether this method's score saturates there (True where 1 - p(target) <
+        `SATURATION` for a gradient of the loss or the probability), from the target's
+        probabilities; None when the method cannot saturate (no gradient, or the logit)."""
+        if not self.differentiates_score or self.resolved.get("score") not in SATURATING_SCORES:
+            return None
+        return 1.0 - np.asarray(probabilities, np.float64) < SATURATION
 
     def smallest_replicate(self) -> int:
         """The fewest samples one replicate of `explain_with_error` may have: the sample count

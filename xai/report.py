@@ -100,6 +100,17 @@ def map_errors(arrays: dict) -> dict:
     return out
 
 
+def saturation(arrays: dict, method_params: dict) -> dict:
+    """method -> on how many images its score saturates (`Explainer.saturated`), for the
+    gradient methods of a saturating score that saturates on at least one image."""
+    out = {}
+    for method, (_, flags) in arrays.get("score_saturated", {}).items():
+        if np.nansum(flags) > 0:
+            out[method] = {"saturated": int(np.nansum(flags)), "n": int(len(flags)),
+                           "score": method_params.get(method, {}).get("score", "?")}
+    return out
+
+
 def leaderboard(table: list[dict], meta: dict, timings: dict, errors: Optional[dict] = None) -> dict:
     """Methods x trusted metrics: rank, mean, and whether the method is tied with the best
     (Holm-corrected p >= 0.05 against it); methods ordered by mean rank over those metrics."""
@@ -280,6 +291,8 @@ def write_report(run_dir) -> Path:
     protocols = {m.name: store.extra(f"protocol_{m.name}") for m in metric_registry.metrics()}
     protocols = {k: v for k, v in protocols.items() if v}
     board = leaderboard(table, meta, store.timings(), map_errors(arrays))
+    board["saturation"] = saturation(arrays, {m: entry.get("params", {}) for m, entry in
+                                              dict(config.get("methods") or {}).items()})
     n_classes = len(config.get("class_names", [])) or 2
     context = {
         "board": board, "verdict": verdict_sentences(board, meta), "gallery": pages[0],
