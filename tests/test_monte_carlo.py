@@ -209,3 +209,12 @@ def test_a_saturated_score_is_reported_by_compare_and_explain(sure_model_file, t
     assert result.exit_code == 0, result.output
     assert "note: vanilla_gradient differentiates score='loss', which saturates on image.png" in result.output
     assert "note: cam" not in result.output
+
+
+def test_the_python_entry_point_defaults_to_the_runners_tolerance():
+    import inspect
+
+    from xai.runner import DEFAULT_TOLERANCE, CompareConfig
+
+    assert inspect.signature(xai.compare).parameters["tolerance"].default == DEFAULT_TOLERANCE
+    assert CompareConfig().tolerance == DEFAULT_TOLERANCE

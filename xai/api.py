@@ -104,8 +104,8 @@ def compare(model=None, *, methods: Union[str, Sequence[str], None] = None, data
             n_images: int = 64, metrics: Union[str, Sequence[str], None] = None, protocol: str = "rise",
             seed: int = 0, params: Optional[Mapping] = None, out: str = "xai-runs", backend: str = "local",
             address: Optional[str] = None, workers: Optional[int] = None, quiet: bool = False,
-            batch_size: int = 16, n_examples: int = 4,
-            input_range: Optional[Sequence[float]] = None, image_source: str = "driver") -> Comparison:
+            batch_size: int = 16, n_examples: int = 4, sanity_images: int = 8,
+            tolerance: Optional[float] = 0.05, input_range: Optional[Sequence[float]] = None, image_source: str = "driver") -> Comparison:
     """Run (or resume) a comparison and return its results; `xai compare` in Python.
 
     Parameters
@@ -124,6 +124,10 @@ def compare(model=None, *, methods: Union[str, Sequence[str], None] = None, data
     image_source : "driver" (default) or "workers"
         With Ray: the driver reads the images and sends them in shards, or each worker reads
         its own shards from `dataset` (a name, or a path every worker node reaches).
+    tolerance : float or None, default 0.05
+        Monte Carlo tolerance of stochastic maps (docs/methods.md); None: fixed sample counts.
+    sanity_images : int, default 8
+        Images the sanity checks run on.
     Other arguments as the CLI options of the same names (docs/cli.md).
 
     Returns
@@ -142,7 +146,7 @@ def compare(model=None, *, methods: Union[str, Sequence[str], None] = None, data
     config = CompareConfig(
         methods=_methods(methods), method_params=_params(params), dataset=str(dataset), model=model,
         n_images=n_images, metrics=_methods(metrics), protocol=protocol, seed=seed, batch_size=batch_size,
-        n_examples=n_examples,
+        n_examples=n_examples, sanity_images=sanity_images, tolerance=tolerance,
         out=str(out), backend=backend, address=address, workers=workers, image_source=image_source,
         input_range=None if input_range is None else tuple(input_range))
     return Comparison(run_compare(config, quiet=quiet))
