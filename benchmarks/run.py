@@ -106,8 +106,9 @@ def method_settings(args):
         "deconvnet": ({"score": "probability", "reduce": "sum", **n}, "fwd+bwd", 1),
         "square_grad": ({"n_samples": args.samples, "noise_level": 0.2, "score": "probability", **rows},
                         "fwd+bwd", args.samples),
+        # VarGrad's variance is taken around the clean image's gradient: one pass more.
         "var_grad": ({"n_samples": args.samples, "noise_level": 0.2, "score": "probability", **rows},
-                     "fwd+bwd", args.samples),
+                     "fwd+bwd", args.samples + 1),
         "fem": (n, "fwd", 1),
         "layer_cam": ({"score": "probability", **n}, "fwd+bwd to layer", 1),
         "lime": ({"n_samples": args.coalitions, **rows}, "fwd", args.coalitions + 1),
