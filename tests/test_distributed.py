@@ -80,8 +80,9 @@ def _assert_same_results(run_dir, local, same_key=True):
         assert run_dir.name == local.name
     assert _failures(run_dir) == []
     a, b = _values(run_dir), _values(local)
-    # images x methods x (deletion, insertion, pointing game), and RISE's map errors (tolerance mode)
-    assert len(a) == 8 * 3 * 3 + 8 * 2
+    # images x methods x (deletion, insertion, pointing game), RISE's map errors (tolerance
+    # mode) and whether vanilla_gradient's loss saturates
+    assert len(a) == 8 * 3 * 3 + 8 * 2 + 8
     assert [r[:3] for r in a] == [r[:3] for r in b]
     np.testing.assert_allclose([np.nan if r[3] is None else r[3] for r in a],
                                [np.nan if r[3] is None else r[3] for r in b], rtol=1e-5, atol=1e-5)
@@ -201,7 +202,7 @@ def test_a_dead_worker_process_is_replaced_and_its_shard_retried(cluster, model_
     assert on_ray.name == local.name
     assert _failures(on_ray) == []
     a, b = _values(on_ray), _values(local)
-    assert [r[:3] for r in a] == [r[:3] for r in b] and len(a) == 6 * 2
+    assert [r[:3] for r in a] == [r[:3] for r in b] and len(a) == 6 * 2 + 6  # + vanilla_gradient's saturation
     np.testing.assert_allclose([r[3] for r in a], [r[3] for r in b], rtol=1e-5, atol=1e-5)
     (execution,) = _extra(on_ray, "executions")
     assert any("lost" in event for event in execution["events"])

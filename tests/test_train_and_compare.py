@@ -94,8 +94,13 @@ def test_compare_writes_every_report_file(run_dir):
     methods = set(default_methods())
     metrics = {"deletion", "insertion", "symmetric_relevance_gain", "pointing_game", "relevance_mass",
                "seconds_per_image"}
-    assert {(r["method"], r["metric"]) for r in rows} == {(m, k) for m in methods for k in metrics}
-    assert len(rows) == 8 * len(methods) * len(metrics)
+    # Diagnostics beside: the Monte Carlo error of stochastic maps (tolerance mode, IG's
+    # completeness gap) and where a gradient of the loss saturates (issue 20).
+    mc = {"smoothgrad", "square_grad", "var_grad", "rise", "integrated_gradients"}
+    diagnostics = ({(m, k) for m in mc for k in ("map_error", "map_converged")}
+                   | {(m, "score_saturated") for m in ("vanilla_gradient", "smoothgrad")})
+    assert {(r["method"], r["metric"]) for r in rows} == {(m, k) for m in methods for k in metrics} | diagnostics
+    assert len(rows) == 8 * (len(methods) * len(metrics) + len(diagnostics))
     summary = json.loads((run_dir / "results.json").read_text())
     assert set(summary["sanity"]) == methods
     assert summary["sanity"]["random"]["spearman_mean"][-1] == pytest.approx(1.0)

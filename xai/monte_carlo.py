@@ -122,9 +122,12 @@ def replicated(explainer, images, targets, tolerance: Optional[float], max_sampl
     # converges early costs less than `explain`; each replicate keeps the fewest samples
     # its estimator is sound with (a LIME fit needs more coalitions than superpixels).
     start = count if tolerance is None else max(1, count // 4)
-    # ... but never so large that the first replicates alone cost more than `explain`.
-    per = min(max(explainer.smallest_replicate(), start // FIRST_REPLICATES), max(1, count // FIRST_REPLICATES))
-    cap = max(cap, FIRST_REPLICATES * per)
+    # ... but never so large that the first replicates alone cost more than `explain`, nor
+    # below what the method accepts (VarGrad needs 2 samples): fewer replicates, two at least.
+    low = int(explainer.parameters[explainer.sample_count].low or 1)
+    first = max(2, min(FIRST_REPLICATES, count // low))
+    per = max(low, min(max(explainer.smallest_replicate(), start // first), max(1, count // first)))
+    cap = max(cap, first * per)
     n = len(images)
     total = np.zeros(images.shape[:3], np.float64)
     squares = np.zeros(n, np.float64)
@@ -160,10 +163,10 @@ def replicated(explainer, images, targets, tolerance: Optional[float], max_sampl
         norm = lambda a: np.linalg.norm(a.reshape(n, -1), axis=1)  # noqa: E731
         return pooled, errors * norm(mean) / np.maximum(norm(pooled), 1e-30)
 
-    for replicate in range(FIRST_REPLICATES):
+    for replicate in range(first):
         run(replicate, np.arange(n))
     maps, errors = estimate()
-    replicate = FIRST_REPLICATES
+    replicate = first
     while tolerance is not None:
         todo = np.flatnonzero((errors > tolerance) & ((k + 1) * per <= cap))
         if not len(todo):
