@@ -573,6 +573,18 @@ class PerturbationExplainer(Explainer):
                                                             tf.convert_to_tensor(targets[s:s + step]), s)[1])
                                for s in range(0, len(images), step)])
 
+    def totals_and_maps(self, images: np.ndarray, targets: np.ndarray) -> tuple:
+        """(`explain_totals`, the maps of those totals) in one pass: each batch's `prepare`
+        state (VarGrad's clean gradient, LIME's clean scores) serves both."""
+        step = self.images_per_call()
+        totals, maps = [], []
+        for s in range(0, len(images), step):
+            x, t = tf.convert_to_tensor(images[s:s + step]), tf.convert_to_tensor(targets[s:s + step])
+            state, total = self.totals_batch(x, t, s)
+            totals.append(np.asarray(total))
+            maps.append(np.asarray(self.finalize_batch(x, t, state, total), np.float32))
+        return np.concatenate(totals), np.concatenate(maps)
+
     def finalize_totals(self, images: np.ndarray, targets: np.ndarray, totals: np.ndarray) -> np.ndarray:
         """Maps from totals given by `explain_totals` (of this explainer or its replicates)."""
         step = self.images_per_call()

@@ -139,11 +139,11 @@ def replicated(explainer, images, targets, tolerance: Optional[float], max_sampl
         nonlocal totals
         twin = explainer.replicate(replicate, per)
         if by_totals:
-            sums = twin.explain_totals(images[which], targets[which])
+            sums, maps = twin.totals_and_maps(images[which], targets[which])
             if totals is None:
                 totals = np.zeros((n, *sums.shape[1:]), np.float64)
             totals[which] += sums
-            maps = twin.finalize_totals(images[which], targets[which], sums).astype(np.float64)
+            maps = maps.astype(np.float64)
         else:
             maps = twin.explain(images[which], targets[which]).astype(np.float64)
         total[which] += maps
