@@ -355,6 +355,11 @@ def symmetric_relevance_gain(model, images, targets, maps, *, protocol: str = "r
     scorer = model if isinstance(model, ModelScorer) else ModelScorer(model)
     morf = causal_curves("deletion", scorer, images, targets, maps, protocol=protocol, order="morf", **kwargs)
     lerf = causal_curves("deletion", scorer, images, targets, maps, protocol=protocol, order="lerf", **kwargs)
+    return relevance_gain(morf, lerf)
+
+
+def relevance_gain(morf: CurveResult, lerf: CurveResult) -> CurveResult:
+    """LeRF minus MoRF of two deletion results of one protocol: `symmetric_relevance_gain`."""
     record = {**morf.protocol, "metric": "symmetric_relevance_gain", "order": "lerf - morf",
               "ranking": "both orders of the map value, ties by pixel index",
               "auc": "deletion AUC with least relevant first minus most relevant first, per image"}
@@ -366,11 +371,21 @@ def _as_output(result: CurveResult) -> MetricOutput:
     return MetricOutput(result.auc, curves=(result.x, result.curves), protocol=result.protocol)
 
 
+def _batch_curves(inputs: MetricInputs, mode: str, order: str = "morf") -> CurveResult:
+    """The batch's curves of one mode and order, computed once however many metrics read them."""
+    return inputs.memo(("causal_curves", mode, order, inputs.protocol),
+                       lambda: causal_curves(mode, inputs.scorer, inputs.images, inputs.targets, inputs.maps,
+                                             protocol=inputs.protocol, order=order))
+
+
 def _curve_metric(mode: str):
-    def per_batch(inputs: MetricInputs) -> MetricOutput:
-        return _as_output(causal_curves(mode, inputs.scorer, inputs.images, inputs.targets, inputs.maps,
-                                        protocol=inputs.protocol))
-    return per_batch
+    return lambda inputs: _as_output(_batch_curves(inputs, mode))
+
+
+def _relevance_gain_metric(inputs: MetricInputs) -> MetricOutput:
+    # The MoRF half is the `deletion` metric's own curves: computed once per batch.
+    return _as_output(relevance_gain(_batch_curves(inputs, "deletion", "morf"),
+                                     _batch_curves(inputs, "deletion", "lerf")))
 
 
 register_metric("deletion", higher_is_better=False, uses_protocol=True, order=10,
@@ -381,6 +396,4 @@ register_metric("insertion", higher_is_better=True, uses_protocol=True, order=20
     _curve_metric("insertion"))
 register_metric("symmetric_relevance_gain", higher_is_better=True, uses_protocol=True, order=22,
                 description="LeRF minus MoRF deletion AUC (Blücher et al. 2024); higher = more faithful, "
-                            "0 = chance")(
-    lambda inputs: _as_output(symmetric_relevance_gain(inputs.scorer, inputs.images, inputs.targets,
-                                                       inputs.maps, protocol=inputs.protocol)))
+                            "0 = chance")(_relevance_gain_metric)

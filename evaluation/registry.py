@@ -13,7 +13,9 @@ Two kinds of metric:
   ``inputs.explainer`` (``uses_explainer=True``), stochastic ones read ``inputs.seed``;
 - per method (``per_method``): needs to run the explainer again (the sanity checks), called
   once per method on a few images as
-  ``per_method(explainer_class, model, images, targets, params=..., seed=...) -> dict``.
+  ``per_method(explainer_class, model, images, targets, params=..., seed=..., tolerance=...)
+  -> dict``, with the run's Monte Carlo tolerance for the maps it computes (None: fixed counts);
+  in a comparison `explainer_class` is the explainer the batches ran, already traced.
 
 ``seconds_per_image`` is registered too, as a cost: the runner measures it; so are
 ``map_error`` and ``map_converged``, the Monte Carlo error of stochastic methods' maps
@@ -46,6 +48,16 @@ class MetricInputs:
     explainer: Any = None
     #: Seed of stochastic metrics; the runner computes them under a second seed too.
     seed: int = 0
+    #: Results one metric computed that another of the same batch may reuse (the MoRF
+    #: deletion curves are both `deletion` and half of `symmetric_relevance_gain`), keyed by
+    #: everything they depend on; shared by `dataclasses.replace` copies of these inputs.
+    shared: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    def memo(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        """`compute()`, once per `key` for this batch's images, targets and maps."""
+        if key not in self.shared:
+            self.shared[key] = compute()
+        return self.shared[key]
 
 
 @dataclasses.dataclass

@@ -17,7 +17,8 @@ from xai import _keras_internals as internals
 from xai.evaluation.registry import register_metric
 from xai.errors import ModelError, ParameterError
 from xai.explainer import Explainer, check_targets
-from xai.models import attach_spec, flatten_model, model_spec, prepare_model
+from xai.models import flatten_model, model_spec, prepare_model
+from xai.monte_carlo import maps_at, replicate_seed
 from xai.registry import get_explainer
 
 
@@ -232,52 +233,69 @@ def _reinitialise(layer: keras.layers.Layer, seed: int) -> None:
 
 
 def model_randomisation(method, model, images, targets, *, params: Optional[dict] = None,
-                        layers: Optional[Sequence[str]] = None, seed: int = 0) -> dict:
+                        layers: Optional[Sequence[str]] = None, seed: int = 0,
+                        tolerance: Optional[float] = None, original: Optional[np.ndarray] = None,
+                        max_checkpoints: Optional[int] = None) -> dict:
     """Cascading model-parameter randomisation, classifier first (Adebayo et al. 2018).
 
     After randomising each layer in `layers` (cumulatively, top down: every layer above
-    it stays random), the method is re-run on a copy of the model and each image's map is
-    compared with its original map by Spearman rank correlation. A faithful method's
-    correlation falls towards 0; one that stays high ignores the weights. Each layer's
-    trainable variables are redrawn from the layer's own initializers (`_reinitialise`);
-    the model passed in is never modified.
+    it stays random), the method is re-run and each image's map is compared with its
+    original map by Spearman rank correlation. A faithful method's correlation falls towards
+    0; one that stays high ignores the weights. Each layer's trainable variables are redrawn
+    from the layer's own initializers (`_reinitialise`) in place, under the explainer already
+    built (no second trace of the method), and every variable is restored before this returns,
+    also when the method fails: the model ends as it was passed in.
+
+    A stochastic method samples the randomised model's maps from another seed than the
+    original's: maps drawn with the same masks or noise share their sampling noise, which
+    correlates them whatever the weights (RISE on the offline default with its classifier
+    random: 0.49 with the same masks, 0.05 with independent ones). What two seeds give on the
+    unchanged model, ``seed_floor``, is the most a cascade correlation can be: a method whose
+    maps do not agree with themselves cannot show that they depend on the weights.
 
     Parameters
     ----------
-    method : str or Explainer subclass
+    method : str, Explainer subclass, or an Explainer built on `model`
     model : keras.Model or path
     images : (N, H, W, C)
     targets : (N,) int
     params : dict, optional
-        The method's parameters.
+        The method's parameters (not with an explainer: it has its own).
     layers : sequence of str, optional
         Checkpoints, any layers with trainable variables, in any order (they are sorted
         top down). Default: `sanity_checkpoints` of the model.
     seed : int, default 0
         Seeds every redrawn variable; a layer's new values depend only on `seed` and its
         position in the model, not on the checkpoints.
+    tolerance : float, optional
+        Monte Carlo tolerance of a stochastic method's maps (`Explainer.explain_with_error`,
+        capped at the method's own count), as `xai compare` computes them; None: fixed counts.
+    original : (N, H, W), optional
+        The method's maps of `images` on the model, if already computed.
+    max_checkpoints : int, optional
+        Default checkpoints thinned to this many (`sanity_checkpoints`); ignored with `layers`.
 
     Returns
     -------
-    dict with ``layers`` (list of str, top down) and ``spearman`` (len(layers), N).
+    dict with ``layers`` (list of str, top down), ``spearman`` (len(layers), N) and
+    ``seed_floor`` ((N,) for a stochastic method, else None).
 
     Raises
     ------
     ParameterError
         If a name in `layers` is not a layer with trainable variables.
     """
-    cls = _explainer_class(method)
-    params = dict(params or {})
-    base = prepare_model(model)
-    spec = model_spec(base)
+    if isinstance(method, Explainer):
+        built, cls, params = method, type(method), dict(method.params)
+    else:
+        cls, params = _explainer_class(method), dict(params or {})
+        built = cls(prepare_model(model), **params)
+    live = built.model  # what the explainer runs: randomised in place, then restored
+    spec = model_spec(live)
     t = check_targets(targets, len(images), spec.num_classes)
-
-    copy = keras.models.clone_model(base)
-    copy.set_weights(base.get_weights())
-    attach_spec(copy, spec)
-    order = weighted_layers_top_down(copy)
+    order = weighted_layers_top_down(live)
     if layers is None:
-        checkpoints = sanity_checkpoints(copy)
+        checkpoints = sanity_checkpoints(live, max_checkpoints)
     else:
         checkpoints = [layers] if isinstance(layers, str) else list(layers)
         unknown = [name for name in checkpoints if name not in order]
@@ -287,41 +305,85 @@ def model_randomisation(method, model, images, targets, *, params: Optional[dict
             )
         checkpoints = sorted(dict.fromkeys(checkpoints), key=order.index)
 
-    original = cls(base, **params).explain(images, t)
-    explainer: Explainer = cls(copy, **params)  # compiled once; sees weights change in place
+    if original is None:
+        original = maps_at(built, images, t, tolerance)
+    reseeded = _independent_seed(cls, params)
+    explainer = built if reseeded is params else cls(live, spec=spec, **reseeded)
+    # The model is still unchanged here: another seed's maps of it measure the sampling noise.
+    floor = None if explainer is built else spearman_per_image(original, maps_at(explainer, images, t, tolerance))
+    saved = [(v, v.numpy()) for v in live.weights]
     rows, done = [], 0
-    for name in checkpoints:
-        stop = order.index(name) + 1
-        for position in range(done, stop):
-            _reinitialise(copy.get_layer(order[position]), _seed(seed, position))
-        done = stop
-        rows.append(spearman_per_image(original, explainer.explain(images, t)))
-    return {"layers": checkpoints, "spearman": np.stack(rows)}
+    try:
+        for name in checkpoints:
+            stop = order.index(name) + 1
+            for position in range(done, stop):
+                _reinitialise(live.get_layer(order[position]), _seed(seed, position))
+            done = stop
+            rows.append(spearman_per_image(original, maps_at(explainer, images, t, tolerance)))
+    finally:
+        for variable, value in saved:
+            variable.assign(value)
+    return {"layers": checkpoints, "spearman": np.stack(rows), "seed_floor": floor}
+
+
+#: Stream of `replicate_seed` that seeds the randomised model's maps (no replicate uses it).
+INDEPENDENT_STREAM = 0x7FFFFFFF
+
+
+def _independent_seed(cls: type, params: dict) -> dict:
+    """`params` with another seed for a Monte Carlo method (a map estimated from samples
+    drawn from its ``seed``); `params` itself for any other. The `random` baseline keeps its
+    seed: its map is the noise, which no weight changes."""
+    if not (getattr(cls, "stochastic", False) and getattr(cls, "sample_count", None)
+            and "seed" in getattr(cls, "parameters", {})):
+        return params
+    seed = params.get("seed", cls.parameters["seed"].default)
+    return {**params, "seed": replicate_seed(0 if seed is None else int(seed), INDEPENDENT_STREAM)}
 
 
 def random_logit(method, model, images, targets, *, params: Optional[dict] = None,
-                 seed: int = 0) -> np.ndarray:
+                 seed: int = 0, tolerance: Optional[float] = None,
+                 original: Optional[np.ndarray] = None) -> np.ndarray:
     """Spearman correlation between the map of each image's target and of another class
-    drawn at random (Adebayo et al.'s random-logit test); high means class-insensitive."""
-    cls = _explainer_class(method)
-    explainer = cls(prepare_model(model), **dict(params or {}))
+    drawn at random (Adebayo et al.'s random-logit test); high means class-insensitive.
+    `method` may be an explainer already built on `model`; `tolerance` and `original` (the
+    target's maps) as in `model_randomisation`."""
+    explainer = method if isinstance(method, Explainer) else \
+        _explainer_class(method)(prepare_model(model), **dict(params or {}))
     n_classes = explainer.spec.num_classes
     t = check_targets(targets, len(images), n_classes)
     rng = np.random.default_rng(seed)
     other = (t + rng.integers(1, n_classes, size=len(t))) % n_classes
-    return spearman_per_image(explainer.explain(images, t), explainer.explain(images, other.astype(np.int32)))
+    if original is None:
+        original = maps_at(explainer, images, t, tolerance)
+    return spearman_per_image(original, maps_at(explainer, images, other.astype(np.int32), tolerance))
+
+
+#: Checkpoints of the cascade in `xai compare` (the classifier, the whole model and evenly
+#: spaced stage ends between): each is one more run of the method on the sanity images.
+COMPARE_CHECKPOINTS = 4
 
 
 @register_metric("sanity", higher_is_better=False, kind="per_method", order=50, needs_layer_graph=True,
                  description="Spearman correlation of maps after cascading randomisation and for "
                              "a random class (Adebayo et al. 2018); near 0 = sensitive to the model")
-def _sanity_metric(method, model, images, targets, *, params=None, seed: int = 0) -> dict:
-    """Both checks on a few images, summarised as means per checkpoint (for the report)."""
-    randomised = model_randomisation(method, model, images, targets, params=params, seed=seed)
-    logit = random_logit(method, model, images, targets, params=params, seed=seed)
+def _sanity_metric(method, model, images, targets, *, params=None, seed: int = 0,
+                   tolerance: Optional[float] = None) -> dict:
+    """Both checks on a few images, summarised as means per checkpoint (for the report): one
+    explainer (the run's own when `method` is one) and its original maps serve both, and the
+    cascade stops at `COMPARE_CHECKPOINTS` checkpoints."""
+    explainer = method if isinstance(method, Explainer) else \
+        _explainer_class(method)(prepare_model(model), **dict(params or {}))
+    t = check_targets(targets, len(images), explainer.spec.num_classes)
+    original = maps_at(explainer, images, t, tolerance)
+    randomised = model_randomisation(explainer, model, images, t, seed=seed, tolerance=tolerance,
+                                     original=original, max_checkpoints=COMPARE_CHECKPOINTS)
+    logit = random_logit(explainer, model, images, t, seed=seed, tolerance=tolerance, original=original)
 
     def mean(values):
         return float(np.nanmean(values)) if np.isfinite(values).any() else None
 
+    floor = randomised["seed_floor"]
     return {"layers": randomised["layers"], "spearman_mean": [mean(r) for r in randomised["spearman"]],
-            "random_logit_mean": mean(logit), "n_images": int(len(images))}
+            "random_logit_mean": mean(logit), "seed_floor_mean": None if floor is None else mean(floor),
+            "n_images": int(len(images))}

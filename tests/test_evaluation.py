@@ -7,6 +7,7 @@ import xai
 from xai import evaluation as ev
 from xai.errors import DataError, ModelError, ParameterError
 from xai.evaluation import sanity
+from xai.registry import get_explainer
 
 
 def _linear_model(weights, h=2, w=2, bias0=0.0):
@@ -199,6 +200,55 @@ def test_sanity_checks_expose_a_model_independent_method(tiny_model, images):
     np.testing.assert_array_equal(after, before)
     logit = ev.random_logit("random", tiny_model, images, [0, 1, 0, 1])
     np.testing.assert_allclose(logit, 1.0)
+
+
+def test_sanity_draws_monte_carlo_maps_of_the_randomised_model_from_another_seed(tiny_model, images):
+    """Shared masks would correlate RISE's maps whatever the weights: the randomised copy's
+    maps come from an independent seed, and `seed_floor` is exactly what that seed gives on
+    the unchanged model. Deterministic methods have no floor."""
+    targets = [0, 1, 0, 1]
+    params = {"n_masks": 64, "mask_resolution": 4}
+    out = ev.model_randomisation("rise", tiny_model, images, targets, params=params, layers=["predictions"])
+    original = xai.create_explainer("rise", tiny_model, **params).explain(images, targets)
+    other_seed = sanity._independent_seed(get_explainer("rise"), params)["seed"]
+    assert other_seed != 0
+    again = xai.create_explainer("rise", tiny_model, **params, seed=other_seed).explain(images, targets)
+    np.testing.assert_allclose(out["seed_floor"], sanity.spearman_per_image(original, again), atol=1e-6)
+    assert np.all(out["seed_floor"] < 0.999)  # independent masks: not the same map
+    assert ev.model_randomisation("vanilla_gradient", tiny_model, images, targets,
+                                  layers=["predictions"])["seed_floor"] is None
+    # The metric reports the floor's mean, and the original maps serve both checks.
+    result = xai.evaluation.registry.get_metric("sanity").per_method(
+        get_explainer("rise"), tiny_model, images, np.array(targets, np.int32), params=params, tolerance=None)
+    assert result["seed_floor_mean"] == pytest.approx(float(np.nanmean(out["seed_floor"])), abs=1e-6)
+
+
+def test_sanity_randomises_the_built_explainer_in_place_and_always_restores_it(tiny_model, images):
+    """The cascade runs under the explainer already built (no second trace); whatever happens,
+    even a method failing half-way, the model's every variable ends as it was."""
+    targets = [0, 1, 0, 1]
+    saved = [w.copy() for w in tiny_model.get_weights()]
+    explainer = xai.create_explainer("vanilla_gradient", tiny_model)
+    by_instance = ev.model_randomisation(explainer, tiny_model, images, targets, layers=["predictions", "block1_conv1"])
+    by_name = ev.model_randomisation("vanilla_gradient", tiny_model, images, targets,
+                                     layers=["predictions", "block1_conv1"])
+    np.testing.assert_allclose(by_instance["spearman"], by_name["spearman"], atol=1e-6)
+    calls = []
+    original_explain = explainer.explain
+
+    def fails_on_the_second_model(x, t):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return original_explain(x, t)
+
+    explainer.explain = fails_on_the_second_model
+    with pytest.raises(RuntimeError, match="boom"):
+        ev.model_randomisation(explainer, tiny_model, images, targets, layers=["predictions", "block1_conv1"])
+    for before, after in zip(saved, tiny_model.get_weights()):
+        np.testing.assert_array_equal(after, before)
+    checkpoints = ev.model_randomisation("cam", tiny_model, images, targets, max_checkpoints=3)["layers"]
+    assert checkpoints == sanity.sanity_checkpoints(tiny_model, max_checkpoints=3)
 
 
 # --- Sanity checks: re-initialisation and checkpoints ----------------------------------------

@@ -51,6 +51,26 @@ def test_symmetric_relevance_gain_is_lerf_minus_morf_and_zero_without_informatio
         ev.symmetric_relevance_gain(model, image, [1], good, order="lerf")
 
 
+def test_registry_metrics_share_one_batch_morf_curve(tiny_model, images):
+    """`deletion` and `symmetric_relevance_gain` of one batch read one MoRF pass: the values
+    equal the standalone functions', and the scorer scores each curve's images once."""
+    from xai.evaluation.registry import MetricInputs, get_metric
+
+    targets = np.array([0, 1, 0, 1], np.int32)
+    maps = images.mean(-1)
+    scorer = ev.ModelScorer(tiny_model)
+    inputs = MetricInputs(scorer=scorer, images=images, targets=targets, maps=maps)
+    rows_fn, calls = scorer.rows_fn("probability"), []
+    scorer._compiled["probability"] = lambda *a: calls.append(len(a[-1])) or rows_fn(*a)
+    deletion = get_metric("deletion").per_batch(inputs)
+    gain = get_metric("symmetric_relevance_gain").per_batch(inputs)
+    np.testing.assert_allclose(deletion.values, ev.deletion(tiny_model, images, targets, maps).auc, atol=1e-7)
+    np.testing.assert_allclose(gain.values, ev.symmetric_relevance_gain(tiny_model, images, targets, maps).auc,
+                               atol=1e-7)
+    points = len(deletion.curves[0])
+    assert sum(calls) == 2 * len(images) * points  # MoRF and LeRF, not MoRF twice
+
+
 def test_holm_matches_the_step_down_definition():
     p = np.array([0.04, 0.001, 0.02, 0.5])
     # sorted: 0.001*4, 0.02*3, 0.04*2, 0.5*1, then running maximum
@@ -254,3 +274,9 @@ def test_sanity_readings_against_the_stated_threshold():
     assert three["undefined"] == {"cascade": None, "random_logit": None} and "crashed" not in three
     # Two classes: the random-logit check is degenerate and not read.
     assert sanity_readings(sanity, n_classes=2)["blind"] == {"cascade": False, "random_logit": None}
+    # A Monte Carlo method whose two seeds agree no more than the threshold cannot pass or fail.
+    noisy = {"noisy": {"spearman_mean": [0.2, 0.1], "random_logit_mean": 0.0, "seed_floor_mean": 0.4},
+             "steady": {"spearman_mean": [0.8, 0.1], "random_logit_mean": 0.0, "seed_floor_mean": 0.9}}
+    readings = sanity_readings(noisy, n_classes=3)
+    assert readings["noisy"] == {"cascade": None, "random_logit": True, "too_noisy": True}
+    assert readings["steady"] == {"cascade": True, "random_logit": True}

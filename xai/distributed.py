@@ -111,7 +111,8 @@ class ShardWorker:
         error = self.error or (self.source_error if "images" not in pool else None)
         if error is not None:
             return error
-        return self.plan.run_per_method(metric, method, self.classes[method], self.model, pool, params)
+        built = self.explainers.get(method) if self.explainers else None
+        return self.plan.run_per_method(metric, method, built or self.classes[method], self.model, pool, params)
 
 
 def describe_dataset(dataset: str, n_images: int, num_classes: int) -> tuple:

@@ -21,6 +21,7 @@ from typing import Iterable, Iterator, Optional, Protocol, Sequence
 import numpy as np
 
 from xai.errors import DataError, PluginError
+from xai.monte_carlo import sample_cap
 
 #: A job: one batch and the methods still to run on it. The batch is a dict of numpy arrays
 #: and ids (`batches`), or, read by the worker, only ``{"index", "start", "count"}``.
@@ -158,14 +159,15 @@ class WorkPlan:
     def run_per_method(self, metric: str, method: str, explainer_class, model, pool: dict,
                        params: dict) -> dict:
         """A metric that re-runs the explainer (the sanity checks) on the `pool` of images:
-        its result, or `failure`'s dict."""
+        its result, or `failure`'s dict. `explainer_class` may be the explainer the batches
+        ran (built on `model` with `params`), which spares tracing the method again."""
         from xai.evaluation.registry import get_metric
 
         try:
             pool = self.images_of(pool)
             return get_metric(metric).per_method(explainer_class, model, np.asarray(pool["images"]),
                                                  np.asarray(pool["targets"], np.int32), params=params,
-                                                 seed=self.seed)
+                                                 seed=self.seed, tolerance=self.tolerance)
         except Exception as exc:
             return failure(exc)
 
@@ -254,12 +256,6 @@ class WorkPlan:
                 "protocols": protocols, "metric_errors": metric_errors}
 
 
-def sample_cap(explainer) -> Optional[int]:
-    """What tolerance mode may spend on a map in a comparison: the method's own sample count
-    (Integrated Gradients: its steps), so a run never costs more than at fixed counts."""
-    return int(explainer.resolved[explainer.sample_count]) if explainer.sample_count else None
-
-
 def failure(exc: BaseException) -> dict:
     """{"error": one line naming the exception and where it was raised, "traceback": all of it}."""
     text = f"{type(exc).__name__}: {exc}".strip().splitlines()
@@ -301,11 +297,13 @@ class LocalBackend:
 
     def __init__(self, model):
         self.model = model
+        self.explainers: dict = {}  # built by `run`, traced once: the sanity checks reuse them
 
     def run(self, plan: WorkPlan, jobs: Iterable[Job]) -> Iterator[tuple[Job, dict]]:
         from xai import evaluation as ev
 
         explainers, setup_errors = plan.create_explainers(self.model)
+        self.explainers = explainers
         scorer, warmed = ev.ModelScorer(self.model), set()
         for batch, methods in jobs:
             batch = plan.images_of(batch)
@@ -317,7 +315,8 @@ class LocalBackend:
 
         for task in tasks:
             metric, method, params, pool = task
-            yield task, plan.run_per_method(metric, method, get_explainer(method), self.model, pool, params)
+            method_or_explainer = self.explainers.get(method) or get_explainer(method)
+            yield task, plan.run_per_method(metric, method, method_or_explainer, self.model, pool, params)
 
     def __enter__(self):
         return self

@@ -69,6 +69,21 @@ class MapsWithError:
         return iter((self.maps, self.errors))
 
 
+def sample_cap(explainer) -> Optional[int]:
+    """What tolerance mode may spend on a map in a comparison: the method's own sample count
+    (Integrated Gradients: its steps), so a run never costs more than at fixed counts."""
+    return int(explainer.resolved[explainer.sample_count]) if explainer.sample_count else None
+
+
+def maps_at(explainer, images, targets, tolerance: Optional[float]) -> np.ndarray:
+    """The explainer's maps: at its fixed count (``tolerance=None``), or in tolerance mode
+    capped at `sample_cap`, as a comparison computes them."""
+    if tolerance is None or not (explainer.stochastic and explainer.sample_count):
+        return np.asarray(explainer.explain(images, targets))
+    return np.asarray(explainer.explain_with_error(images, targets, tolerance=tolerance,
+                                                   max_samples=sample_cap(explainer)).maps)
+
+
 def replicate_seed(seed: int, replicate: int) -> int:
     """A seed for replicate `replicate`, independent of the others' streams (int32)."""
     return int(np.random.SeedSequence([seed, replicate, 0x5EED]).generate_state(1)[0] & 0x7FFFFFFF)

@@ -168,7 +168,10 @@ def verdict_sentences(board: dict, meta: dict) -> list[str]:
 
 
 def sanity_readings(sanity: dict, n_classes: int) -> dict:
-    """Per method: pass or fail of each check against `SANITY_THRESHOLD`, and what it means."""
+    """Per method: pass (True) or fail (False) of each check against `SANITY_THRESHOLD`, or
+    None where it cannot be read; ``too_noisy`` where a Monte Carlo method's maps from two
+    seeds on the unchanged model correlate no more than the threshold (``seed_floor_mean``):
+    a cascade that falls below it then says nothing about the weights."""
     out = {}
     for method, r in sanity.items():
         if "spearman_mean" not in r:
@@ -176,10 +179,14 @@ def sanity_readings(sanity: dict, n_classes: int) -> dict:
         finite = lambda v: v if v is not None and np.isfinite(v) else None  # noqa: E731
         cascade = finite(r["spearman_mean"][-1]) if r["spearman_mean"] else None
         logit = finite(r.get("random_logit_mean"))
+        floor = finite(r.get("seed_floor_mean"))
+        too_noisy = floor is not None and floor <= SANITY_THRESHOLD
         out[method] = {
-            "cascade": None if cascade is None else bool(abs(cascade) <= SANITY_THRESHOLD),
+            "cascade": None if cascade is None or too_noisy else bool(abs(cascade) <= SANITY_THRESHOLD),
             "random_logit": None if logit is None or n_classes <= 2 else bool(abs(logit) <= SANITY_THRESHOLD),
         }
+        if too_noisy:
+            out[method]["too_noisy"] = True
     return out
 
 
