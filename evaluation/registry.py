@@ -13,9 +13,10 @@ Two kinds of metric:
   ``inputs.explainer`` (``uses_explainer=True``), stochastic ones read ``inputs.seed``;
 - per method (``per_method``): needs to run the explainer again (the sanity checks), called
   once per method on a few images as
-  ``per_method(explainer_class, model, images, targets, params=..., seed=..., tolerance=...)
-  -> dict``, with the run's Monte Carlo tolerance for the maps it computes (None: fixed counts);
-  in a comparison `explainer_class` is the explainer the batches ran, already traced.
+  ``per_method(explainer_class, model, images, targets, params=..., seed=..., tolerance=...,
+  maps=...) -> dict``, with the run's Monte Carlo tolerance for the maps it computes (None:
+  fixed counts) and the maps of `images` the run already has (or None); in a comparison
+  `explainer_class` is the explainer the batches ran, already traced.
 
 ``seconds_per_image`` is registered too, as a cost: the runner measures it; so are
 ``map_error`` and ``map_converged``, the Monte Carlo error of stochastic methods' maps

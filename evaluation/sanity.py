@@ -368,17 +368,22 @@ COMPARE_CHECKPOINTS = 4
                  description="Spearman correlation of maps after cascading randomisation and for "
                              "a random class (Adebayo et al. 2018); near 0 = sensitive to the model")
 def _sanity_metric(method, model, images, targets, *, params=None, seed: int = 0,
-                   tolerance: Optional[float] = None) -> dict:
+                   tolerance: Optional[float] = None, maps: Optional[np.ndarray] = None) -> dict:
     """Both checks on a few images, summarised as means per checkpoint (for the report): one
     explainer (the run's own when `method` is one) and its original maps serve both, and the
-    cascade stops at `COMPARE_CHECKPOINTS` checkpoints."""
+    cascade stops at `COMPARE_CHECKPOINTS` checkpoints. The random-logit check needs three
+    classes or more (None with two). `maps`: the method's maps of `images` where the run
+    has them already (the maps it scored)."""
     explainer = method if isinstance(method, Explainer) else \
         _explainer_class(method)(prepare_model(model), **dict(params or {}))
     t = check_targets(targets, len(images), explainer.spec.num_classes)
-    original = maps_at(explainer, images, t, tolerance)
+    original = maps_at(explainer, images, t, tolerance) if maps is None else np.asarray(maps, np.float32)
     randomised = model_randomisation(explainer, model, images, t, seed=seed, tolerance=tolerance,
                                      original=original, max_checkpoints=COMPARE_CHECKPOINTS)
-    logit = random_logit(explainer, model, images, t, seed=seed, tolerance=tolerance, original=original)
+    # With two classes the other class is always the same one and the check is degenerate
+    # (the report does not read it): not run, which spares one more run of the method.
+    logit = (random_logit(explainer, model, images, t, seed=seed, tolerance=tolerance, original=original)
+             if explainer.spec.num_classes > 2 else np.full(len(images), np.nan))
 
     def mean(values):
         return float(np.nanmean(values)) if np.isfinite(values).any() else None

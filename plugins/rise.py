@@ -20,6 +20,15 @@ class RISE(PerturbationExplainer):
     mask; the full-size masks are built on the device, chunk by chunk, and every image
     shares the same masks, as in the paper. ``s`` is the target's probability.
 
+    Antithetic masks (the default with ``keep_probability=0.5``): masks come in pairs, a
+    grid and its complement at the same shift (bilinear upsampling is linear, so the
+    pair sums to 1 everywhere). The complement of a grid whose cells are kept with
+    probability 1/2 is a grid of the same law, so the estimator stays unbiased; each pair
+    adds ``s(x*M) M + s(x*(1-M)) (1-M)``, whose part that does not depend on the image
+    (a constant score gives exactly the uniform map) no longer adds noise. On the offline
+    default this cut the map's error, the part the metrics read (its deviation from its
+    mean), 2.4x at equal masks, 250 antithetic masks beating 1,000 plain ones (docs/methods.md).
+
     Parameters
     ----------
     n_masks : int, default 1000
@@ -28,6 +37,9 @@ class RISE(PerturbationExplainer):
     mask_resolution : int, default 7
     keep_probability : float, default 0.5
     seed : int, default 0
+    antithetic : bool, optional
+        Pair each mask with its complement; default: when ``keep_probability`` is 0.5 (the
+        only rate whose complement is a mask of the same law; True with another rate is an error).
     score : {"probability", "logit", "loss"}, default "probability"
     batch_size : int, default 32
     jit_compile : bool, default False
@@ -41,7 +53,21 @@ class RISE(PerturbationExplainer):
         "mask_resolution": Param(7, int, low=1, doc="Cells per side of the random grid."),
         "keep_probability": Param(0.5, float, low=1e-6, high=1.0, doc="Chance a cell is kept."),
         "seed": Param(0, int, low=0, doc="Seed of the masks."),
+        "antithetic": Param(None, bool, allow_none=True,
+                            doc="Masks in complementary pairs (default: when keep_probability is 0.5)."),
     }
+
+    @classmethod
+    def resolve_params(cls, params):
+        resolved = super().resolve_params(params)
+        half = resolved["keep_probability"] == 0.5
+        if resolved["antithetic"] is None:
+            resolved["antithetic"] = half
+        elif resolved["antithetic"] and not half:
+            raise ParameterError(
+                f"rise: antithetic=True pairs each mask with its complement, a mask of the same law only "
+                f"when keep_probability is 0.5 (got {resolved['keep_probability']}); pass antithetic=False.")
+        return resolved
 
     def setup(self):
         s = self.resolved["mask_resolution"]
@@ -56,16 +82,23 @@ class RISE(PerturbationExplainer):
         self._shifts = tf.Variable(shifts, trainable=False)
 
     def draw_masks(self, seed: int):
-        """The masks' grids (n, s, s, 1) and shifts (n, 2) drawn from `seed`."""
+        """The masks' grids (n, s, s, 1) and shifts (n, 2) drawn from `seed`; antithetic:
+        mask 2j + 1 is the complement of mask 2j, at its shift."""
         n, s = self.resolved["n_masks"], self.resolved["mask_resolution"]
-        grids = tf.cast(tf.random.stateless_uniform((n, s, s, 1), seed=[seed, 0])
+        drawn = -(-n // 2) if self.resolved["antithetic"] else n
+        grids = tf.cast(tf.random.stateless_uniform((drawn, s, s, 1), seed=[seed, 0])
                         < self.resolved["keep_probability"], tf.float32)
-        shifts = tf.random.stateless_uniform((n, 2), seed=[seed, 1], minval=0, maxval=min(self._cell),
+        shifts = tf.random.stateless_uniform((drawn, 2), seed=[seed, 1], minval=0, maxval=min(self._cell),
                                              dtype=tf.int32)
+        if self.resolved["antithetic"]:
+            grids = tf.reshape(tf.stack([grids, 1 - grids], axis=1), (2 * drawn, s, s, 1))[:n]
+            shifts = tf.reshape(tf.stack([shifts, shifts], axis=1), (2 * drawn, 2))[:n]
         return grids, shifts
 
     def smallest_replicate(self):
-        return 25  # fewer masks per replicate only adds rounds: the map pools them exactly
+        # Fewer masks per replicate only adds rounds (the map pools them exactly); even, so
+        # that antithetic replicates hold whole pairs.
+        return 26
 
     def reseed(self, seed):
         grids, shifts = self.draw_masks(seed)

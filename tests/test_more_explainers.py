@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import xai
-from xai.errors import ModelError
+from xai.errors import ModelError, ParameterError
 
 TARGETS = np.array([0, 1, 1, 0], np.int32)
 
@@ -147,6 +147,27 @@ def test_rise_equals_its_definition_and_masks_are_the_papers(tiny_model, images)
     many = xai.create_explainer("rise", tiny_model, n_masks=2000, keep_probability=0.3)
     kept = many.masks(tf.range(2000)).numpy().mean()
     assert kept == pytest.approx(0.3, abs=0.02)  # bilinear upsampling preserves the keep rate
+
+
+def test_rise_antithetic_pairs_are_complements_and_cancel_what_the_image_does_not_decide():
+    """Mask 2j + 1 is 1 - mask 2j; a model whose score ignores the image (constant c) then
+    gets exactly the uniform map c, where independent masks leave their noise in it."""
+    inputs = keras.Input((16, 16, 3))
+    dense = keras.layers.Dense(2, activation="softmax", name="predictions")
+    model = keras.Model(inputs, dense(keras.layers.GlobalAveragePooling2D()(inputs)))
+    dense.set_weights([np.zeros((3, 2), np.float32), np.array([0.4, -0.3], np.float32)])
+    c = float(np.exp(0.4) / (np.exp(0.4) + np.exp(-0.3)))
+    x = np.random.default_rng(0).random((2, 16, 16, 3), np.float32)
+    paired = xai.create_explainer("rise", model, n_masks=32, mask_resolution=4)
+    assert paired.resolved["antithetic"] is True
+    masks = paired.masks(tf.range(32)).numpy()
+    np.testing.assert_allclose(masks[1::2], 1 - masks[0::2], atol=1e-6)
+    np.testing.assert_allclose(paired.explain(x, [0, 0]), c, rtol=1e-5)
+    plain = xai.create_explainer("rise", model, n_masks=32, mask_resolution=4, antithetic=False).explain(x, [0, 0])
+    assert np.std(plain) > 0.05 * c  # the masks' own noise
+    assert xai.create_explainer("rise", model, keep_probability=0.3, mask_resolution=4).resolved["antithetic"] is False
+    with pytest.raises(ParameterError, match="keep_probability is 0.5"):
+        xai.create_explainer("rise", model, keep_probability=0.3, antithetic=True)
 
 
 def test_score_cam_equals_its_definition_with_max_maps(tiny_model, images):

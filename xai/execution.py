@@ -132,6 +132,10 @@ class WorkPlan:
     #: stops per image once its map's relative error is below it, and never spends more
     #: than the method's own sample count. None: every map at its fixed count, no error.
     tolerance: Optional[float] = None
+    #: The run's first images, on which the per-method metrics re-run each method: the
+    #: batches return their maps of them (``leading_maps``), so that those metrics start from
+    #: the maps the run scored rather than compute them again.
+    sanity_images: int = 0
 
     def explain(self, explainer, images, targets):
         """(maps, errors or None, converged or None) of one batch, as the plan says."""
@@ -164,10 +168,11 @@ class WorkPlan:
         from xai.evaluation.registry import get_metric
 
         try:
+            maps = pool.get("maps", {}).get(method)
             pool = self.images_of(pool)
             return get_metric(metric).per_method(explainer_class, model, np.asarray(pool["images"]),
                                                  np.asarray(pool["targets"], np.int32), params=params,
-                                                 seed=self.seed, tolerance=self.tolerance)
+                                                 seed=self.seed, tolerance=self.tolerance, maps=maps)
         except Exception as exc:
             return failure(exc)
 
@@ -253,7 +258,8 @@ class WorkPlan:
         examples = [(ids[j], images[j], maps[j], None if masks is None else masks[j])
                     for j in range(max(0, min(self.n_examples - first, len(images))))]
         return {"seconds": seconds, "values": values, "curves": curves, "examples": examples,
-                "protocols": protocols, "metric_errors": metric_errors}
+                "protocols": protocols, "metric_errors": metric_errors,
+                "leading_maps": (first, maps[:max(0, min(self.sanity_images - first, len(images)))])}
 
 
 def failure(exc: BaseException) -> dict:

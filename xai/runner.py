@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
@@ -432,7 +433,7 @@ def _compare(resolved: ResolvedConfig, model, model_info: dict, backend, *, quie
             plan = WorkPlan(methods=methods, method_params=resolved.method_params,
                             metrics=[m.name for m in usable if m.per_batch is not None],
                             protocol=config.protocol, n_examples=config.n_examples, seed=config.seed,
-                            tolerance=config.tolerance, source=source)
+                            tolerance=config.tolerance, source=source, sanity_images=config.sanity_images)
 
             n_batches = -(-(config.n_images if facts is None else facts.n_images) // config.batch_size)
             bar = _progress(n_batches * len(methods), quiet, backend.label)
@@ -459,22 +460,41 @@ def _compare(resolved: ResolvedConfig, model, model_info: dict, backend, *, quie
                     if todo:
                         yield batch, todo
 
+            phases, clock = {"explanations": 0.0}, time.perf_counter()
+            leading: dict = {}  # method -> {position of a batch's first image: its maps there}
             for (batch, todo), outcomes in backend.run(plan, jobs()):
                 for method in todo:
                     store_outcome(store, method, batch, outcomes[method])
+                    phases["explanations"] += outcomes[method].get("seconds", 0.0)
+                    first, maps = outcomes[method].get("leading_maps", (0, ()))
+                    if len(maps):
+                        leading.setdefault(method, {})[first] = maps
                 bar.update(len(todo))
             bar.close()
+            phases["batches"], clock = time.perf_counter() - clock, time.perf_counter()
 
             if sanity_pool.get("images") or sanity_pool.get("count"):
                 if "images" in sanity_pool:
                     sanity_pool = {"images": np.stack(sanity_pool["images"]),
                                    "targets": np.asarray(sanity_pool["targets"], np.int32)}
+                # The maps this invocation computed of those images (all of them, or the
+                # per-method metrics compute them again: a resumed run's batches return none).
+                size = len(sanity_pool["images"]) if "images" in sanity_pool else sanity_pool["count"]
+                joined = {m: np.concatenate([parts[k] for k in sorted(parts)]) for m, parts in leading.items()}
+                sanity_pool["maps"] = {m: maps for m, maps in joined.items() if len(maps) == size}
                 _run_per_method(backend, plan, store, [m for m in usable if m.per_method is not None],
                                 methods, config.method_params, sanity_pool)
+            phases["per_method_metrics"] = time.perf_counter() - clock
             # How this invocation ran (a run may be resumed elsewhere): provenance, never identity.
+            # Its phases' wall-clock seconds say where a run's time went (the batches include
+            # the explanations, stored per batch, and the per-batch metrics).
             store.set_extra("executions", store.extra("executions", []) + [{
                 "backend": config.backend, "image_source": config.image_source, "address": config.address,
-                **backend.record()}])
+                "seconds": {k: round(v, 2) for k, v in phases.items()}, **backend.record()}])
+            if not quiet:
+                print(f"time: batches {phases['batches']:.0f} s (explanations {phases['explanations']:.0f} s, "
+                      f"the rest per-batch metrics), per-method metrics (sanity) "
+                      f"{phases['per_method_metrics']:.0f} s", file=sys.stderr)
             if write_report:
                 from xai.report import write_report as _write
 
