@@ -26,8 +26,8 @@ class RISE(PerturbationExplainer):
     probability 1/2 is a grid of the same law, so the estimator stays unbiased; each pair
     adds ``s(x*M) M + s(x*(1-M)) (1-M)``, whose part that does not depend on the image
     (a constant score gives exactly the uniform map) no longer adds noise. On the offline
-    default this cut the map's error, the part the metrics read (its deviation from its
-    mean), 2.4x at equal masks, 250 antithetic masks beating 1,000 plain ones (docs/methods.md).
+    default this cut the error of what the metrics read (the map's deviation from its mean)
+    2.1-2.5x at equal masks, 250 antithetic masks beating 1,000 plain ones (docs/methods.md).
 
     Parameters
     ----------

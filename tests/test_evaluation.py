@@ -251,6 +251,28 @@ def test_sanity_randomises_the_built_explainer_in_place_and_always_restores_it(t
     assert checkpoints == sanity.sanity_checkpoints(tiny_model, max_checkpoints=3)
 
 
+def test_compare_hands_the_sanity_checks_the_maps_its_batches_scored(tiny_model, images):
+    """A batch returns its maps of the run's first `sanity_images` images (by position in
+    the run), and the sanity metric compares randomised maps with those, not new ones."""
+    from xai.evaluation.registry import get_metric
+    from xai.execution import WorkPlan
+
+    targets = np.array([0, 1, 0, 1], np.int32)
+    plan = WorkPlan(methods=["vanilla_gradient"], method_params={}, metrics=[], protocol="rise",
+                    n_examples=0, sanity_images=5)
+    explainer = xai.create_explainer("vanilla_gradient", tiny_model)
+    batch = {"images": images, "targets": targets, "ids": ["a", "b", "c", "d"], "masks": None, "index": 1, "start": 4}
+    first, maps = plan._explain_and_score(explainer, "vanilla_gradient", ev.ModelScorer(tiny_model), batch)["leading_maps"]
+    assert first == 4 and maps.shape == (1, *images.shape[1:3])
+    expected = explainer.explain(images[:1], targets[:1])[0]  # one image alone: float32 batching noise
+    np.testing.assert_allclose(maps[0], expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+    given = np.random.default_rng(0).random(images.shape[:3]).astype(np.float32)
+    result = get_metric("sanity").per_method(explainer, tiny_model, images, targets, maps=given)
+    expected = ev.model_randomisation(explainer, tiny_model, images, targets, original=given,
+                                      max_checkpoints=sanity.COMPARE_CHECKPOINTS)
+    np.testing.assert_allclose(result["spearman_mean"], np.nanmean(expected["spearman"], axis=1), atol=1e-9)
+
+
 # --- Sanity checks: re-initialisation and checkpoints ----------------------------------------
 
 def _as_if_trained(model, seed=0):
