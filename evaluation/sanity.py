@@ -330,12 +330,17 @@ def model_randomisation(method, model, images, targets, *, params: Optional[dict
 INDEPENDENT_STREAM = 0x7FFFFFFF
 
 
+def _monte_carlo(cls: type) -> bool:
+    """A map estimated from samples drawn from a ``seed`` (not the `random` baseline, whose
+    map is the noise itself)."""
+    return bool(getattr(cls, "stochastic", False) and getattr(cls, "sample_count", None)
+                and "seed" in getattr(cls, "parameters", {}))
+
+
 def _independent_seed(cls: type, params: dict) -> dict:
-    """`params` with another seed for a Monte Carlo method (a map estimated from samples
-    drawn from its ``seed``); `params` itself for any other. The `random` baseline keeps its
-    seed: its map is the noise, which no weight changes."""
-    if not (getattr(cls, "stochastic", False) and getattr(cls, "sample_count", None)
-            and "seed" in getattr(cls, "parameters", {})):
+    """`params` with another seed for a Monte Carlo method; `params` itself for any other.
+    The `random` baseline keeps its seed: its map is the noise, which no weight changes."""
+    if not _monte_carlo(cls):
         return params
     seed = params.get("seed", cls.parameters["seed"].default)
     return {**params, "seed": replicate_seed(0 if seed is None else int(seed), INDEPENDENT_STREAM)}
@@ -377,7 +382,10 @@ def _sanity_metric(method, model, images, targets, *, params=None, seed: int = 0
     explainer = method if isinstance(method, Explainer) else \
         _explainer_class(method)(prepare_model(model), **dict(params or {}))
     t = check_targets(targets, len(images), explainer.spec.num_classes)
-    original = maps_at(explainer, images, t, tolerance) if maps is None else np.asarray(maps, np.float32)
+    # The run's maps serve unless the method is stochastic without being Monte Carlo (`random`:
+    # its noise follows an image's place in the call, so a batch and the pool draw it apart).
+    reuse = maps is not None and (_monte_carlo(type(explainer)) or not getattr(explainer, "stochastic", False))
+    original = np.asarray(maps, np.float32) if reuse else maps_at(explainer, images, t, tolerance)
     randomised = model_randomisation(explainer, model, images, t, seed=seed, tolerance=tolerance,
                                      original=original, max_checkpoints=COMPARE_CHECKPOINTS)
     # With two classes the other class is always the same one and the check is degenerate

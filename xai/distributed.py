@@ -270,7 +270,8 @@ class RayBackend:
             self._connect()
             for task in tasks:
                 metric, method, params, pool = task
-                if "images" in pool and id(pool) not in shared:
+                # Images, or the maps the batches scored (every method's: MBs at 224x224).
+                if ("images" in pool or "maps" in pool) and id(pool) not in shared:
                     shared[id(pool)] = (pool, self.ray.put(pool))
                 yield task, "run_per_method", (metric, method, params, shared[id(pool)][1] if id(pool) in shared
                                                else pool)
