@@ -37,6 +37,13 @@ def _explainer_class(method) -> type:
     return get_explainer(method) if isinstance(method, str) else method
 
 
+def _built(method, model, params: Optional[dict]) -> Explainer:
+    """`method` itself if it is an explainer already built on `model`, else one built now."""
+    if isinstance(method, Explainer):
+        return method
+    return _explainer_class(method)(prepare_model(model), **dict(params or {}))
+
+
 def _graph(model: keras.Model) -> keras.Model:
     """The functional graph behind `model` (a built Sequential keeps one)."""
     graph = internals.functional_graph(model)
@@ -285,11 +292,8 @@ def model_randomisation(method, model, images, targets, *, params: Optional[dict
     ParameterError
         If a name in `layers` is not a layer with trainable variables.
     """
-    if isinstance(method, Explainer):
-        built, cls, params = method, type(method), dict(method.params)
-    else:
-        cls, params = _explainer_class(method), dict(params or {})
-        built = cls(prepare_model(model), **params)
+    built = _built(method, model, params)
+    cls, params = type(built), dict(built.params if built is method else params or {})
     live = built.model  # what the explainer runs: randomised in place, then restored
     spec = model_spec(live)
     t = check_targets(targets, len(images), spec.num_classes)
@@ -353,8 +357,7 @@ def random_logit(method, model, images, targets, *, params: Optional[dict] = Non
     drawn at random (Adebayo et al.'s random-logit test); high means class-insensitive.
     `method` may be an explainer already built on `model`; `tolerance` and `original` (the
     target's maps) as in `model_randomisation`."""
-    explainer = method if isinstance(method, Explainer) else \
-        _explainer_class(method)(prepare_model(model), **dict(params or {}))
+    explainer = _built(method, model, params)
     n_classes = explainer.spec.num_classes
     t = check_targets(targets, len(images), n_classes)
     rng = np.random.default_rng(seed)
@@ -379,8 +382,7 @@ def _sanity_metric(method, model, images, targets, *, params=None, seed: int = 0
     cascade stops at `COMPARE_CHECKPOINTS` checkpoints. The random-logit check needs three
     classes or more (None with two). `maps`: the method's maps of `images` where the run
     has them already (the maps it scored)."""
-    explainer = method if isinstance(method, Explainer) else \
-        _explainer_class(method)(prepare_model(model), **dict(params or {}))
+    explainer = _built(method, model, params)
     t = check_targets(targets, len(images), explainer.spec.num_classes)
     # The run's maps serve unless the method is stochastic without being Monte Carlo (`random`:
     # its noise follows an image's place in the call, so a batch and the pool draw it apart).
