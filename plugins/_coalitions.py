@@ -86,6 +86,7 @@ class CoalitionExplainer(PerturbationExplainer):
     #: Whether copies 2i and 2i+1 share their draws, the second taking the complement
     #: coalition (KernelSHAP, as the shap package samples).
     paired = False
+    seed_free_state = True  # the segmentation, the baselines, the clean scores
 
     @staticmethod
     def coalition_parameters(n_samples: int) -> dict:

@@ -83,6 +83,7 @@ class GridDesignExplainer(PerturbationExplainer):
     #: Replicates are independent randomisations of the design (randomised quasi-Monte
     #: Carlo): their maps are averaged, their totals (scores of different designs) cannot be.
     averages_totals = False
+    seed_free_state = True  # the blurred substrate
 
     def smallest_replicate(self):
         return self.smallest_designs

@@ -38,6 +38,7 @@ class SmoothGrad(PerturbationExplainer):
 
     stochastic = True
     sample_count = "n_samples"
+    seed_free_state = True  # VarGrad's clean gradient
     default_score = "loss"
     parameters = {
         "n_samples": Param(50, int, low=1, doc="Noisy copies per image."),

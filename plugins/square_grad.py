@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from xai.plugins.smoothgrad import SmoothGrad
+from xai._lazy import tf
+from xai.plugin_api import reduce_channels
+from xai.plugins._gradient_moments import GradientMoments
 
 
-class SquareGrad(SmoothGrad):
+class SquareGrad(GradientMoments):
     """Mean of the squared input gradients over ``n_samples`` noisy copies, then reduced.
 
     Hooker et al., "A Benchmark for Interpretability Methods in Deep Neural Networks"
@@ -17,7 +19,9 @@ class SquareGrad(SmoothGrad):
     the logit, as for the paper's gradient maps. Xplique's ``SquareGrad`` uses an
     absolute ``sigma`` (``noise=0.2``: ``noise_level=0.2`` on an image spanning [0, 1]),
     its model's output (``score="probability"`` on a softmax model) and the channel mean
-    (``"sum_abs"`` / channels).
+    (``"sum_abs"`` / channels). The squares are accumulated as VarGrad's moments (around
+    the clean image's gradient, one more gradient per image), so that SquareGrad and VarGrad
+    in one comparison compute their shared noisy gradients once.
 
     Parameters
     ----------
@@ -33,5 +37,7 @@ class SquareGrad(SmoothGrad):
 
     default_score = "logit"
 
-    def contribution(self, images, targets, state, rows, copies, noisy):
-        return super().contribution(images, targets, state, rows, copies, noisy) ** 2
+    def finalize(self, images, targets, state, total):
+        n, clean = self.resolved["n_samples"], state["clean"]
+        mean_square = (total[:, 1] + 2.0 * clean * total[:, 0]) / n + clean ** 2
+        return reduce_channels(tf.maximum(mean_square, 0.0), self.resolved["reduce"])

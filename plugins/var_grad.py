@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from xai._lazy import tf
 from xai.plugin_api import Param, reduce_channels
+from xai.plugins._gradient_moments import GradientMoments
 from xai.plugins.smoothgrad import SmoothGrad
 
 
-class VarGrad(SmoothGrad):
+class VarGrad(GradientMoments):
     """Variance of the input gradients over ``n_samples`` noisy copies, then reduced.
 
     Adebayo et al., "Local Explanation Methods for Deep Neural Networks Lack Sensitivity
@@ -40,17 +41,6 @@ class VarGrad(SmoothGrad):
     default_score = "logit"
     parameters = {**SmoothGrad.parameters,
                   "n_samples": Param(50, int, low=2, doc="Noisy copies per image (a variance needs 2).")}
-
-    def accumulator_shape(self):
-        return (2, *self.spec.input_shape)
-
-    def prepare(self, images, targets):
-        return {"clean": self.input_gradients(images, targets)}
-
-    def contribution(self, images, targets, state, rows, copies, noisy):
-        shifted = super().contribution(images, targets, state, rows, copies, noisy) - tf.gather(
-            state["clean"], rows)
-        return tf.stack([shifted, shifted ** 2], axis=1)
 
     def finalize(self, images, targets, state, total):
         n = self.resolved["n_samples"]

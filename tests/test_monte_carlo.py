@@ -56,6 +56,63 @@ def test_rise_replicates_pool_to_the_mean_of_their_maps(model, batch):
     np.testing.assert_allclose(result.maps, mean, rtol=1e-5, atol=1e-6 * np.abs(mean).max())
 
 
+def test_square_grad_and_var_grad_compute_their_shared_noisy_gradients_once(batch, monkeypatch):
+    """A comparison runs SquareGrad, then VarGrad, on the same images with the same noise:
+    VarGrad finds SquareGrad's totals (it computes none of its own) and its maps are the ones
+    it computes alone; once the weights change in place, nothing stale is reused."""
+    from xai.explainer import SHARED_TOTALS
+    from xai.plugins.var_grad import VarGrad
+
+    keras.utils.set_random_seed(8)
+    model = xai.vgg16_gap((32, 32, 3), num_classes=2, width=0.125)  # its weights change below
+    images, targets = batch
+    square = xai.create_explainer("square_grad", model, n_samples=8)
+    var = xai.create_explainer("var_grad", model, n_samples=8)
+    calls = []
+    original = VarGrad.totals_batch
+    monkeypatch.setattr(VarGrad, "totals_batch", lambda self, *a: calls.append(1) or original(self, *a))
+
+    def var_maps(clear):
+        if clear:
+            SHARED_TOTALS.clear()
+        return var.explain_with_error(images, targets, tolerance=1e-9, max_samples=16).maps
+
+    SHARED_TOTALS.clear()
+    square.explain_with_error(images, targets, tolerance=1e-9, max_samples=16)
+    shared = var_maps(clear=False)
+    assert calls == []
+    alone = var_maps(clear=True)
+    assert calls and np.array_equal(shared, alone)
+
+    square.explain_with_error(images, targets, tolerance=1e-9, max_samples=16)
+    layer = model.get_layer("block5_conv3")
+    layer.kernel.assign(layer.kernel.numpy() * 1.5)
+    calls.clear()
+    changed = var_maps(clear=False)
+    assert calls and np.abs(changed - alone).max() > 1e-3 * np.abs(alone).max()
+    np.testing.assert_array_equal(changed, var_maps(clear=True))
+
+
+def test_replicates_prepare_a_batch_once_when_the_state_ignores_the_seed(model, batch, monkeypatch):
+    """LIME's segmentation (host_prepare) does not depend on the seed: tolerance mode's
+    replicates share it instead of segmenting the images once each."""
+    from xai.plugins._coalitions import CoalitionExplainer
+
+    images, targets = batch
+    explainer = xai.create_explainer("lime", model, n_samples=64, segmentation="grid", n_segments=16,
+                                     batch_size=512)
+    calls = []
+    original = CoalitionExplainer.host_prepare
+    monkeypatch.setattr(CoalitionExplainer, "host_prepare",
+                        lambda self, x, t: calls.append(len(x)) or original(self, x, t))
+    shared = explainer.explain_with_error(images, targets).maps
+    assert sum(calls) == len(images)  # four replicates and the pooled map: one segmentation
+    monkeypatch.setattr(CoalitionExplainer, "seed_free_state", False)
+    calls.clear()
+    np.testing.assert_array_equal(shared, explainer.explain_with_error(images, targets).maps)
+    assert sum(calls) == 5 * len(images)
+
+
 @pytest.mark.parametrize("name, params", [
     ("smoothgrad", {"n_samples": 16, "score": "logit"}),
     ("rise", {"n_masks": 64}),
@@ -105,6 +162,47 @@ def test_integrated_gradients_reports_its_completeness_gap_and_doubles_its_steps
     assert set(doubled.samples.tolist()) <= {4, 8, 16, 32, 64} and doubled.samples.max() > 4
     assert np.all(doubled.errors[doubled.converged] <= tolerance)
     assert np.all(doubled.samples[~doubled.converged] == 64)
+
+
+def test_doubling_the_steps_adds_midpoints_to_the_gradients_already_summed(model, batch, monkeypatch):
+    """Tolerance mode reaches 16 steps from 4 by adding the midpoint sums of 4 and 8 steps:
+    16 gradients per image in all (not 4 + 8 + 16), and the map a direct 16-step run gives,
+    for the right Riemann and the trapezoid rules."""
+    from xai.explainer import PerturbationExplainer
+
+    images, targets = batch
+    rows = []
+    original = PerturbationExplainer.explain_totals
+    monkeypatch.setattr(PerturbationExplainer, "explain_totals",
+                        lambda self, x, t: rows.append(len(x) * self.n_copies()) or original(self, x, t))
+    for rule, extra in (("riemann", 0), ("trapezoid", 1)):  # the trapezoid's first sum has both ends
+        explainer = xai.create_explainer("integrated_gradients", model, steps=16, rule=rule)
+        rows.clear()
+        result = explainer.explain_with_error(images, targets, tolerance=1e-12, max_samples=16)
+        doubled = result.samples == 16  # an image whose gap is exactly 0 stops at 4 steps
+        assert doubled.sum() >= 6 and set(result.samples[~doubled].tolist()) <= {4}
+        assert sum(rows) == np.sum(result.samples + extra)
+        direct = explainer.explain(images[doubled], targets[doubled])
+        np.testing.assert_allclose(result.maps[doubled], direct, rtol=1e-4, atol=1e-5 * np.abs(direct).max())
+
+
+def test_the_midpoint_rule_is_exact_where_the_path_gradient_is_linear():
+    """logit = sum W x**2 + b: along the path from black the gradient is linear in alpha, so
+    the midpoint rule's map sums to logit(x) - logit(0) at any steps; the right Riemann sum
+    is off by 1 / steps of it."""
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((8, 8, 3))
+    squares = keras.layers.Multiply()([inputs, inputs])
+    logits = keras.layers.Dense(2, name="predictions")(keras.layers.Flatten()(squares))
+    quadratic = keras.Model(inputs, logits)
+    x = np.random.default_rng(4).random((3, 8, 8, 3), dtype=np.float32)
+    t = np.array([0, 1, 0], np.int32)
+    w = quadratic.get_layer("predictions").kernel.numpy()[:, t].T.reshape(3, 8, 8, 3)
+    exact = (w * x ** 2).sum(axis=(1, 2, 3))
+    midpoint = xai.create_explainer("integrated_gradients", quadratic, steps=3, rule="midpoint").explain(x, t)
+    np.testing.assert_allclose(midpoint.sum(axis=(1, 2)), exact, rtol=1e-5)
+    riemann = xai.create_explainer("integrated_gradients", quadratic, steps=3).explain(x, t)
+    np.testing.assert_allclose(riemann.sum(axis=(1, 2)), exact * (1 + 1 / 3), rtol=1e-5)
 
 
 def test_deterministic_methods_report_zero_and_random_nan(model, batch):

@@ -510,6 +510,10 @@ class PerturbationExplainer(Explainer):
     #: samples) rather than average their maps: sound when totals are sums over copies, as
     #: here; False where each replicate's copies are a design of their own (Sobol, HSIC).
     averages_totals: ClassVar[bool] = True
+    #: Whether `prepare` and `host_prepare` ignore the seed (a clean gradient, clean scores,
+    #: a segmentation): the replicates of `explain_with_error` then compute a batch's state
+    #: once between them instead of once each.
+    seed_free_state: ClassVar[bool] = False
 
     @classmethod
     def missing_hooks(cls) -> list:
@@ -539,6 +543,15 @@ class PerturbationExplainer(Explainer):
     def copies_per_image(self) -> int:
         return self.n_copies()
 
+    def shared_totals(self) -> Optional[tuple]:
+        """A hook: what decides this explainer's per-batch (state, totals) besides the model's
+        weights, the images, the targets and their place in the call, for totals that another
+        method computes too (SquareGrad and VarGrad accumulate the same moments of the same
+        noisy gradients). Explainers giving equal keys share one computation: within a
+        process, the second finds the first's totals in `SHARED_TOTALS`. Default None: not
+        shared."""
+        return None
+
     def _accumulate(self, images, targets, state, total, rows, copies, drawn):
         values = self.contribution(images, targets, state, rows, copies, drawn)
         return tf.tensor_scatter_nd_add(total, rows[:, None], values)
@@ -551,9 +564,18 @@ class PerturbationExplainer(Explainer):
         return self.finalize_batch(images, targets, state, total)
 
     def batch_state(self, images, targets) -> dict:
-        """`prepare`'s and `host_prepare`'s state of one batch (targets resolved)."""
+        """`prepare`'s and `host_prepare`'s state of one batch (targets resolved); from
+        `state_memo` when one is set (`xai.monte_carlo` sets it on replicates of explainers
+        with a `seed_free_state`, for the length of one call, so the weights cannot change)."""
+        memo = self.__dict__.get("state_memo")
+        key = (content_digest(images), content_digest(targets)) if memo is not None else None
+        if key is not None and key in memo:
+            return memo[key]
         state = self.compiled("prepare", self.prepare, [self.image_signature, self.index_signature])(images, targets)
-        return {**state, **{k: tf.convert_to_tensor(v) for k, v in self.host_prepare(images, targets).items()}}
+        state = {**state, **{k: tf.convert_to_tensor(v) for k, v in self.host_prepare(images, targets).items()}}
+        if key is not None:
+            memo[key] = state
+        return state
 
     def finalize_batch(self, images, targets, state, total):
         from xai.head import batch_signature
@@ -578,9 +600,18 @@ class PerturbationExplainer(Explainer):
         state (VarGrad's clean gradient, LIME's clean scores) serves both."""
         step = self.images_per_call()
         totals, maps = [], []
+        shared = self.shared_totals()
+        if shared is not None:  # the weights once per call: sanity checks change them in place
+            from xai.models import weights_digest
+
+            shared = (shared, id(self.model), repr(self.spec), weights_digest(self.model), step)
         for s in range(0, len(images), step):
             x, t = tf.convert_to_tensor(images[s:s + step]), tf.convert_to_tensor(targets[s:s + step])
-            state, total = self.totals_batch(x, t, s)
+            key = None if shared is None else (shared, s, content_digest(x), content_digest(t))
+            hit = SHARED_TOTALS.get(key)
+            state, total = hit if hit is not None else self.totals_batch(x, t, s)
+            if key is not None and hit is None:
+                SHARED_TOTALS.put(key, (state, total))
             totals.append(np.asarray(total))
             maps.append(np.asarray(self.finalize_batch(x, t, state, total), np.float32))
         return np.concatenate(totals), np.concatenate(maps)
@@ -618,6 +649,55 @@ class PerturbationExplainer(Explainer):
                  *map(batch_signature, drawn)])
             total = accumulate(images, targets, state, total, rows, copies, *drawn)
         return state, total
+
+
+def content_digest(array) -> tuple:
+    """A key for an array's contents (shape, dtype and a 128-bit hash of its bytes)."""
+    import hashlib
+
+    a = np.ascontiguousarray(array.numpy() if hasattr(array, "numpy") else array)
+    return a.shape, a.dtype.str, hashlib.blake2b(a.tobytes(), digest_size=16).digest()
+
+
+class SharedTotals:
+    """The last per-batch (state, totals) of explainers with `shared_totals`, up to
+    `max_bytes` (oldest dropped first): enough for every replicate of a comparison's
+    batch at 64x64 (about 30 MB); larger images simply share less."""
+
+    def __init__(self, max_bytes: int = 256 * 2 ** 20):
+        import collections
+
+        self.max_bytes, self._entries, self._bytes = max_bytes, collections.OrderedDict(), 0
+
+    @staticmethod
+    def _size(value) -> int:
+        state, total = value
+        return int(total.shape.num_elements() * 4 + sum(v.shape.num_elements() * v.dtype.size
+                                                         for v in state.values()))
+
+    def get(self, key):
+        if key is None or key not in self._entries:
+            return None
+        self._entries.move_to_end(key)
+        return self._entries[key]
+
+    def put(self, key, value) -> None:
+        size = self._size(value)
+        if size > self.max_bytes:
+            return
+        self._entries[key] = value
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            _, old = self._entries.popitem(last=False)
+            self._bytes -= self._size(old)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
+
+#: One per process (see `PerturbationExplainer.shared_totals`).
+SHARED_TOTALS = SharedTotals()
 
 
 def check_images(images, spec) -> np.ndarray:

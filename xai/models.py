@@ -515,6 +515,20 @@ def model_spec(model: keras.Model) -> ModelSpec:
     return spec if spec is not None else derive_spec(model)
 
 
+def weights_digest(model: keras.Model) -> bytes:
+    """A 128-bit hash of every weight of `model` (names, shapes and values): what a result
+    computed from the model may be remembered under, since weights change in place (a
+    training step, the sanity checks' randomisation). About 0.1 s for VGG16's 15 M weights."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    for v in model.weights:
+        value = np.ascontiguousarray(keras.ops.convert_to_numpy(v))
+        h.update(f"{v.path}{value.shape}{value.dtype.str}".encode())
+        h.update(value.tobytes())
+    return h.digest()
+
+
 def _is_nested(model: keras.Model) -> bool:
     return any(isinstance(layer, keras.Model) for layer in model.layers)
 

@@ -150,10 +150,20 @@ def replicated(explainer, images, targets, tolerance: Optional[float], max_sampl
     k = np.zeros(n, np.float64)
     by_totals = getattr(explainer, "averages_totals", False)
     totals = None
+    # Replicates differ by their seed only: a state that ignores it (VarGrad's clean gradient,
+    # LIME's segmentation) is computed once per batch for all of them.
+    state_memo, twins = ({} if getattr(explainer, "seed_free_state", False) else None), []
+
+    def replica(replicate: int):
+        twin = explainer.replicate(replicate, per)
+        if state_memo is not None:
+            twin.state_memo = state_memo
+            twins.append(twin)
+        return twin
 
     def run(replicate: int, which: np.ndarray):
         nonlocal totals
-        twin = explainer.replicate(replicate, per)
+        twin = replica(replicate)
         if by_totals:
             sums, maps = twin.totals_and_maps(images[which], targets[which])
             if totals is None:
@@ -174,27 +184,31 @@ def replicated(explainer, images, targets, tolerance: Optional[float], max_sampl
         errors = relative_standard_error(total, squares, k)
         if not by_totals:
             return mean.astype(np.float32), errors
-        pooled = explainer.replicate(0, per).finalize_totals(
+        pooled = replica(0).finalize_totals(
             images, targets, totals / k.reshape(-1, *[1] * (totals.ndim - 1)))
         norm = lambda a: np.linalg.norm(a.reshape(n, -1), axis=1)  # noqa: E731
         return pooled, errors * norm(mean) / np.maximum(norm(pooled), 1e-30)
 
-    for replicate in range(first):
-        run(replicate, np.arange(n))
-    maps, errors = estimate()
-    replicate = first
-    while tolerance is not None:
-        todo = np.flatnonzero((errors > tolerance) & ((k + 1) * per <= cap))
-        if not len(todo):
-            break
-        # An error falls as 1 / sqrt(samples): ask each image for what should reach the
-        # tolerance (with a margin), within the cap, then look again.
-        wanted = np.ceil(k[todo] * (errors[todo] / tolerance) ** 2 * GROWTH_MARGIN) - k[todo]
-        more = np.clip(wanted, MIN_REPLICATES_PER_ROUND, cap // per - k[todo]).astype(int)
-        for r in range(int(more.max())):
-            run(replicate, todo[more > r])
-            replicate += 1
+    try:
+        for replicate in range(first):
+            run(replicate, np.arange(n))
         maps, errors = estimate()
+        replicate = first
+        while tolerance is not None:
+            todo = np.flatnonzero((errors > tolerance) & ((k + 1) * per <= cap))
+            if not len(todo):
+                break
+            # An error falls as 1 / sqrt(samples): ask each image for what should reach the
+            # tolerance (with a margin), within the cap, then look again.
+            wanted = np.ceil(k[todo] * (errors[todo] / tolerance) ** 2 * GROWTH_MARGIN) - k[todo]
+            more = np.clip(wanted, MIN_REPLICATES_PER_ROUND, cap // per - k[todo]).astype(int)
+            for r in range(int(more.max())):
+                run(replicate, todo[more > r])
+                replicate += 1
+            maps, errors = estimate()
+    finally:  # the memo holds for this call only: the weights may change after it
+        for twin in twins:
+            twin.__dict__.pop("state_memo", None)
     converged = np.ones(n, bool) if tolerance is None else errors <= tolerance
     return MapsWithError(maps, errors, (k * per).astype(int), converged)
 
@@ -208,29 +222,39 @@ def deterministic(explainer, images, targets) -> MapsWithError:
 
 def completeness_gap(explainer, images, targets, tolerance: Optional[float], max_samples: Optional[int]):
     """`MapsWithError` of Integrated Gradients: the error is the completeness gap; with a
-    tolerance, the steps double (for the images still above it) up to ``max_samples`` steps."""
+    tolerance, the steps double (for the images still above it) up to ``max_samples`` steps.
+    A doubling adds the midpoint sum of the current steps to the gradients already summed
+    (exact for the right Riemann and the trapezoid rules), so an image at ``s`` steps has cost
+    ``s`` gradients (the midpoint rule, which does not nest, starts again)."""
     steps = explainer.resolved["steps"]
     cap = check_tolerance(tolerance, max_samples, steps)
     if tolerance is not None:  # start at a quarter, as replicates do: early convergence saves
         steps = max(1, steps // 4)
-    # The gap needs the attributions' signed sum: a sibling with reduce="sum" when the map is reduced otherwise.
-    signed = explainer if explainer.resolved["reduce"] == "sum" else None
+    # The gap needs the attributions' signed sum: the same totals finalised with reduce="sum".
+    signed = explainer if explainer.resolved["reduce"] == "sum" else explainer.variant(reduce="sum")
+    nests = explainer.resolved["rule"] != "midpoint"
     difference = explainer.score_difference(images, targets)
+    totals = explainer.variant(steps=steps).explain_totals(images, targets).astype(np.float64)
     maps = np.empty(images.shape[:3], np.float32)
     errors = np.full(len(images), np.inf)
     samples = np.zeros(len(images), int)
     todo = np.arange(len(images))
     while len(todo):
-        current = explainer.variant(steps=steps)
-        maps[todo] = current.explain(images[todo], targets[todo])
-        sums = (maps[todo] if signed is not None
-                else current.variant(reduce="sum").explain(images[todo], targets[todo])).sum(axis=(1, 2))
+        x, t, total = images[todo], targets[todo], totals[todo].astype(np.float32)
+        maps[todo] = explainer.finalize_totals(x, t, total)
+        sums = (maps[todo] if signed is explainer else signed.finalize_totals(x, t, total)).sum(axis=(1, 2))
         with np.errstate(divide="ignore", invalid="ignore"):
             gap = np.abs(sums - difference[todo]) / np.abs(difference[todo])
         errors[todo] = np.where(np.abs(difference[todo]) > 0, gap, np.where(sums == 0, 0.0, np.inf))
         samples[todo] = steps
         if tolerance is None or 2 * steps > cap:
             break
-        todo, steps = todo[errors[todo] > tolerance], 2 * steps
+        todo = todo[errors[todo] > tolerance]
+        if len(todo) and nests:
+            midpoints = explainer.variant(steps=steps, rule="midpoint").explain_totals(images[todo], targets[todo])
+            totals[todo] = (totals[todo] + midpoints) / 2
+        elif len(todo):
+            totals[todo] = explainer.variant(steps=2 * steps).explain_totals(images[todo], targets[todo])
+        steps *= 2
     converged = np.ones(len(images), bool) if tolerance is None else errors <= tolerance
     return MapsWithError(maps, errors, samples, converged)
