@@ -165,16 +165,22 @@ class WorkPlan:
         """A metric that re-runs the explainer (the sanity checks) on the `pool` of images:
         its result, or `failure`'s dict. `explainer_class` may be the explainer the batches
         ran (built on `model` with `params`), which spares tracing the method again."""
+        import time
+
         from xai.evaluation.registry import get_metric
 
+        clock = time.perf_counter()
         try:
             maps = pool.get("maps", {}).get(method)
             pool = self.images_of(pool)
-            return get_metric(metric).per_method(explainer_class, model, np.asarray(pool["images"]),
-                                                 np.asarray(pool["targets"], np.int32), params=params,
-                                                 seed=self.seed, tolerance=self.tolerance, maps=maps)
+            result = get_metric(metric).per_method(explainer_class, model, np.asarray(pool["images"]),
+                                                   np.asarray(pool["targets"], np.int32), params=params,
+                                                   seed=self.seed, tolerance=self.tolerance, maps=maps)
         except Exception as exc:
             return failure(exc)
+        if isinstance(result, dict):  # where a run's time goes (provenance: read by nothing else)
+            result = {**result, "seconds": round(time.perf_counter() - clock, 2)}
+        return result
 
     def create_explainers(self, model, classes: Optional[dict] = None) -> tuple[dict, dict]:
         """(explainers, setup errors) by method; a method that cannot be built is an error

@@ -492,9 +492,14 @@ def _compare(resolved: ResolvedConfig, model, model_info: dict, backend, *, quie
                 "backend": config.backend, "image_source": config.image_source, "address": config.address,
                 "seconds": {k: round(v, 2) for k, v in phases.items()}, **backend.record()}])
             if not quiet:
+                costliest = sorted(((r.get("seconds", 0), m) for metric in usable if metric.per_method
+                                    for m, r in store.extra(metric.name, {}).items() if isinstance(r, dict)),
+                                   reverse=True)[:3]
                 print(f"time: batches {phases['batches']:.0f} s (explanations {phases['explanations']:.0f} s, "
                       f"the rest per-batch metrics), per-method metrics (sanity) "
-                      f"{phases['per_method_metrics']:.0f} s", file=sys.stderr)
+                      f"{phases['per_method_metrics']:.0f} s"
+                      + "".join(f"{', ' if i else ' ('}{m} {sec:.0f}" for i, (sec, m) in enumerate(costliest))
+                      + (" s)" if costliest else ""), file=sys.stderr)
             if write_report:
                 from xai.report import write_report as _write
 
