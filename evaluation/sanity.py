@@ -384,8 +384,9 @@ def _sanity_metric(method, model, images, targets, *, params=None, seed: int = 0
     has them already (the maps it scored)."""
     explainer = _built(method, model, params)
     t = check_targets(targets, len(images), explainer.spec.num_classes)
-    # The run's maps serve unless the method is stochastic without being Monte Carlo (`random`:
-    # its noise follows an image's place in the call, so a batch and the pool draw it apart).
+    # The run's maps serve unless the method is stochastic without being Monte Carlo: such a
+    # plugin may seed by an image's place in the call, and a batch and the pool would draw it
+    # apart (`random` once did; it now seeds by the image, and recomputing it costs nothing).
     reuse = maps is not None and (_monte_carlo(type(explainer)) or not getattr(explainer, "stochastic", False))
     original = np.asarray(maps, np.float32) if reuse else maps_at(explainer, images, t, tolerance)
     randomised = model_randomisation(explainer, model, images, t, seed=seed, tolerance=tolerance,
