@@ -104,10 +104,9 @@ def method_settings(args):
         "gradient_input": ({"score": "probability", **n}, "fwd+bwd", 1),
         "guided_backprop": ({"score": "probability", "reduce": "sum", **n}, "fwd+bwd", 1),
         "deconvnet": ({"score": "probability", "reduce": "sum", **n}, "fwd+bwd", 1),
-        # SquareGrad's and VarGrad's moments are taken around the clean image's gradient: one
-        # pass more (what lets a comparison run them for the price of one, docs/methods.md).
         "square_grad": ({"n_samples": args.samples, "noise_level": 0.2, "score": "probability", **rows},
-                        "fwd+bwd", args.samples + 1),
+                        "fwd+bwd", args.samples),
+        # VarGrad's variance is taken around the clean image's gradient: one pass more.
         "var_grad": ({"n_samples": args.samples, "noise_level": 0.2, "score": "probability", **rows},
                      "fwd+bwd", args.samples + 1),
         "fem": (n, "fwd", 1),

@@ -19,9 +19,10 @@ class SquareGrad(GradientMoments):
     the logit, as for the paper's gradient maps. Xplique's ``SquareGrad`` uses an
     absolute ``sigma`` (``noise=0.2``: ``noise_level=0.2`` on an image spanning [0, 1]),
     its model's output (``score="probability"`` on a softmax model) and the channel mean
-    (``"sum_abs"`` / channels). The squares are accumulated as VarGrad's moments (around
-    the clean image's gradient, one more gradient per image), so that SquareGrad and VarGrad
-    in one comparison compute their shared noisy gradients once.
+    (``"sum_abs"`` / channels). In tolerance mode (`explain_with_error`, what `xai compare`
+    runs) the squares are accumulated as VarGrad's moments, around the clean image's gradient
+    (one more gradient per image and batch), so that SquareGrad and VarGrad in one comparison
+    compute their shared noisy gradients once; a plain `explain` sums the raw squares.
 
     Parameters
     ----------
@@ -36,6 +37,12 @@ class SquareGrad(GradientMoments):
     """
 
     default_score = "logit"
+
+    def centred(self):
+        # Around the clean gradient only as a replicate of explain_with_error (tolerance mode,
+        # what xai compare runs), where the totals are pooled and VarGrad's can be reused; a
+        # plain explain() sums raw squares and costs n_samples gradients, its floor.
+        return self.__dict__.get("is_replicate", False)
 
     def finalize(self, images, targets, state, total):
         n, clean = self.resolved["n_samples"], state["clean"]

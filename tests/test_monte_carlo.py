@@ -93,6 +93,21 @@ def test_square_grad_and_var_grad_compute_their_shared_noisy_gradients_once(batc
     np.testing.assert_array_equal(changed, var_maps(clear=True))
 
 
+def test_square_grad_takes_the_clean_gradient_only_as_a_replicate(model, batch):
+    """A plain `explain` sums raw squares (its floor: n_samples gradients, no clean one); the
+    replicates of tolerance mode centre on the clean gradient, as VarGrad does, to share."""
+    from xai._lazy import tf
+
+    images, targets = batch
+    x, t = tf.constant(images), tf.constant(targets)
+    square = xai.create_explainer("square_grad", model, n_samples=8)
+    assert not np.any(square.batch_state(x, t)["clean"].numpy()) and square.shared_totals() is None
+    replica = square.replicate(0, 4)
+    assert np.any(replica.batch_state(x, t)["clean"].numpy()) and replica.shared_totals() is not None
+    var = xai.create_explainer("var_grad", model, n_samples=8)
+    assert np.any(var.batch_state(x, t)["clean"].numpy())
+
+
 def test_replicates_prepare_a_batch_once_when_the_state_ignores_the_seed(model, batch, monkeypatch):
     """LIME's segmentation (host_prepare) does not depend on the seed: tolerance mode's
     replicates share it instead of segmenting the images once each."""

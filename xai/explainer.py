@@ -464,6 +464,9 @@ class Explainer:
         replicas = self.__dict__.setdefault("_replicas", {})
         if samples not in replicas:
             replicas[samples] = type(self)(self.model, spec=self.spec, **{**self.params, self.sample_count: samples})
+            # Set before anything is traced: a hook may compute otherwise for a replicate
+            # (SquareGrad takes the clean gradient only where totals are pooled and shared).
+            replicas[samples].is_replicate = True
         if replicas[samples].reseed(seed):
             return replicas[samples]
         return self.variant(**{self.sample_count: samples, "seed": seed})
