@@ -14,7 +14,6 @@ and steps: no per-step Python loop, no numpy copy per step.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from typing import Callable, Optional, Union
 
 import numpy as np
@@ -23,7 +22,7 @@ import tensorflow as tf
 from xai.baselines import baseline_images, blur
 from xai.evaluation.registry import MetricInputs, MetricOutput, register_metric
 from xai.errors import DataError, ParameterError
-from xai.explainer import check_images, check_targets
+from xai.explainer import check_images, check_targets, content_digest
 from xai.head import ModelHead
 from xai.models import model_spec, prepare_model
 
@@ -93,7 +92,7 @@ class ModelScorer:
         and insertion curve of a batch starts or ends on the images themselves or on their
         baseline, for every method."""
         x, t = np.ascontiguousarray(images, np.float32), np.ascontiguousarray(targets, np.int32)
-        key = (hashlib.blake2b(x.tobytes(), digest_size=16).hexdigest(), x.shape, t.tobytes(), score)
+        key = (content_digest(x), t.tobytes(), score)
         memo = self.__dict__.setdefault("_unperturbed", {})
         if key not in memo:
             if len(memo) >= 8:  # a batch needs three (images, zero and blurred baselines)

@@ -152,13 +152,13 @@ def replicated(explainer, images, targets, tolerance: Optional[float], max_sampl
     totals = None
     # Replicates differ by their seed only: a state that ignores it (VarGrad's clean gradient,
     # LIME's segmentation) is computed once per batch for all of them.
-    state_memo, twins = ({} if getattr(explainer, "seed_free_state", False) else None), []
+    state_memo, twins = ({} if getattr(explainer, "seed_free_state", False) else None), {}
 
     def replica(replicate: int):
         twin = explainer.replicate(replicate, per)
         if state_memo is not None:
             twin.state_memo = state_memo
-            twins.append(twin)
+            twins[id(twin)] = twin
         return twin
 
     def run(replicate: int, which: np.ndarray):
@@ -207,7 +207,7 @@ def replicated(explainer, images, targets, tolerance: Optional[float], max_sampl
                 replicate += 1
             maps, errors = estimate()
     finally:  # the memo holds for this call only: the weights may change after it
-        for twin in twins:
+        for twin in twins.values():
             twin.__dict__.pop("state_memo", None)
     converged = np.ones(n, bool) if tolerance is None else errors <= tolerance
     return MapsWithError(maps, errors, (k * per).astype(int), converged)

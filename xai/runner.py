@@ -495,11 +495,10 @@ def _compare(resolved: ResolvedConfig, model, model_info: dict, backend, *, quie
                 costliest = sorted(((r.get("seconds", 0), m) for metric in usable if metric.per_method
                                     for m, r in store.extra(metric.name, {}).items() if isinstance(r, dict)),
                                    reverse=True)[:3]
+                top = ", ".join(f"{m} {sec:.0f}" for sec, m in costliest)
                 print(f"time: batches {phases['batches']:.0f} s (explanations {phases['explanations']:.0f} s, "
                       f"the rest per-batch metrics), per-method metrics (sanity) "
-                      f"{phases['per_method_metrics']:.0f} s"
-                      + "".join(f"{', ' if i else ' ('}{m} {sec:.0f}" for i, (sec, m) in enumerate(costliest))
-                      + (" s)" if costliest else ""), file=sys.stderr)
+                      f"{phases['per_method_metrics']:.0f} s" + (f" ({top} s)" if top else ""), file=sys.stderr)
             if write_report:
                 from xai.report import write_report as _write
 
