@@ -30,8 +30,8 @@ from xai.train import default_model  # noqa: E402
 
 #: method -> (label, parameters, Xplique's default count where it differs from ours).
 CASES = {
-    "smoothgrad": [("loss (default)", {}, None), ("logit", {"score": "logit"}, None),
-                   ("logit, antithetic", {"score": "logit", "antithetic": True}, None)],
+    "smoothgrad": [("loss (the seed's)", {"score": "loss"}, None), ("logit (default)", {}, None),
+                   ("logit, antithetic", {"antithetic": True}, None)],
     "square_grad": [("logit (default)", {}, None), ("logit, antithetic", {"antithetic": True}, None)],
     "var_grad": [("logit (default)", {}, None)],
     "rise": [("default", {}, 4000)],

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from xai._lazy import tf
 from xai.plugin_api import reduce_channels
-from xai.plugins._gradient_moments import GradientMoments
+from xai.plugins.smoothgrad import SmoothGrad
 
 
-class SquareGrad(GradientMoments):
+class SquareGrad(SmoothGrad):
     """Mean of the squared input gradients over ``n_samples`` noisy copies, then reduced.
 
     Hooker et al., "A Benchmark for Interpretability Methods in Deep Neural Networks"
@@ -35,14 +35,6 @@ class SquareGrad(GradientMoments):
         Noisy copies per model call.
     jit_compile : bool, default False
     """
-
-    default_score = "logit"
-
-    def centred(self):
-        # Around the clean gradient only as a replicate of explain_with_error (tolerance mode,
-        # what xai compare runs), where the totals are pooled and VarGrad's can be reused; a
-        # plain explain() sums raw squares and costs n_samples gradients, its floor.
-        return self.__dict__.get("is_replicate", False)
 
     def finalize(self, images, targets, state, total):
         n, clean = self.resolved["n_samples"], state["clean"]

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from xai._lazy import tf
 from xai.plugin_api import Param, reduce_channels
-from xai.plugins._gradient_moments import GradientMoments
 from xai.plugins.smoothgrad import SmoothGrad
 
 
-class VarGrad(GradientMoments):
+class VarGrad(SmoothGrad):
     """Variance of the input gradients over ``n_samples`` noisy copies, then reduced.
 
     Adebayo et al., "Local Explanation Methods for Deep Neural Networks Lack Sensitivity
@@ -38,9 +37,11 @@ class VarGrad(GradientMoments):
     jit_compile : bool, default False
     """
 
-    default_score = "logit"
     parameters = {**SmoothGrad.parameters,
                   "n_samples": Param(50, int, low=2, doc="Noisy copies per image (a variance needs 2).")}
+
+    def centred(self):
+        return True  # float32's cancellation: sum g**2 - (sum g)**2 / n where g hardly moves
 
     def finalize(self, images, targets, state, total):
         n = self.resolved["n_samples"]

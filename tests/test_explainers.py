@@ -148,9 +148,11 @@ def test_cam_equals_its_definition_and_mean_plus_bias_is_logit(tiny_model, image
 
 
 def test_smoothgrad_noise_zero_equals_vanilla_and_seed_reproduces(tiny_model, images):
-    vanilla = xai.create_explainer("vanilla_gradient", tiny_model).explain(images, [0, 1, 0, 1])
-    sg0 = xai.create_explainer("smoothgrad", tiny_model, noise_level=0.0, n_samples=5).explain(images, [0, 1, 0, 1])
-    np.testing.assert_allclose(sg0, vanilla, rtol=1e-4, atol=1e-9)
+    for score in ("logit", "loss"):  # SmoothGrad's default, the seed's (vanilla_gradient's default)
+        vanilla = xai.create_explainer("vanilla_gradient", tiny_model, score=score).explain(images, [0, 1, 0, 1])
+        sg0 = xai.create_explainer("smoothgrad", tiny_model, noise_level=0.0, n_samples=5,
+                                   score=score).explain(images, [0, 1, 0, 1])
+        np.testing.assert_allclose(sg0, vanilla, rtol=1e-4, atol=1e-9)
     a = xai.create_explainer("smoothgrad", tiny_model, n_samples=4, seed=7).explain(images, [0, 1, 0, 1])
     b = xai.create_explainer("smoothgrad", tiny_model, n_samples=4, seed=7, batch_size=3).explain(images, [0, 1, 0, 1])
     c = xai.create_explainer("smoothgrad", tiny_model, n_samples=4, seed=8).explain(images, [0, 1, 0, 1])

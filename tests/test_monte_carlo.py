@@ -56,51 +56,61 @@ def test_rise_replicates_pool_to_the_mean_of_their_maps(model, batch):
     np.testing.assert_allclose(result.maps, mean, rtol=1e-5, atol=1e-6 * np.abs(mean).max())
 
 
-def test_square_grad_and_var_grad_compute_their_shared_noisy_gradients_once(batch, monkeypatch):
-    """A comparison runs SquareGrad, then VarGrad, on the same images with the same noise:
-    VarGrad finds SquareGrad's totals (it computes none of its own) and its maps are the ones
-    it computes alone; once the weights change in place, nothing stale is reused."""
+def test_smoothgrad_square_grad_and_var_grad_compute_their_shared_noisy_gradients_once(batch, monkeypatch):
+    """A comparison runs SmoothGrad, SquareGrad, then VarGrad (sorted names) on the same
+    images with the same noise: the second and third find the first's totals (they compute
+    none of their own) and their maps are the ones each computes alone; once the weights
+    change in place, nothing stale is reused."""
     from xai.explainer import SHARED_TOTALS
-    from xai.plugins.var_grad import VarGrad
+    from xai.plugins.smoothgrad import SmoothGrad
 
     keras.utils.set_random_seed(8)
     model = xai.vgg16_gap((32, 32, 3), num_classes=2, width=0.125)  # its weights change below
     images, targets = batch
-    square = xai.create_explainer("square_grad", model, n_samples=8)
-    var = xai.create_explainer("var_grad", model, n_samples=8)
+    smooth, square, var = (xai.create_explainer(name, model, n_samples=8)
+                           for name in ("smoothgrad", "square_grad", "var_grad"))
     calls = []
-    original = VarGrad.totals_batch
-    monkeypatch.setattr(VarGrad, "totals_batch", lambda self, *a: calls.append(1) or original(self, *a))
+    original = SmoothGrad.totals_batch  # SquareGrad's and VarGrad's too
+    monkeypatch.setattr(SmoothGrad, "totals_batch", lambda self, *a: calls.append(type(self).__name__)
+                        or original(self, *a))
 
-    def var_maps(clear):
+    def maps(explainer, clear):
         if clear:
             SHARED_TOTALS.clear()
-        return var.explain_with_error(images, targets, tolerance=1e-9, max_samples=16).maps
+        return explainer.explain_with_error(images, targets, tolerance=1e-9, max_samples=16).maps
 
     SHARED_TOTALS.clear()
-    square.explain_with_error(images, targets, tolerance=1e-9, max_samples=16)
-    shared = var_maps(clear=False)
+    maps(smooth, clear=False)
+    assert set(calls) == {"SmoothGrad"}
+    calls.clear()
+    shared = [maps(square, clear=False), maps(var, clear=False)]
     assert calls == []
-    alone = var_maps(clear=True)
-    assert calls and np.array_equal(shared, alone)
+    alone = [maps(square, clear=True), maps(var, clear=True)]
+    assert calls
+    for a, b in zip(shared, alone):
+        np.testing.assert_array_equal(a, b)
+    # SmoothGrad's map from the shared (centred) totals is the plain mean of the gradients.
+    np.testing.assert_allclose(maps(smooth, clear=False), maps(smooth, clear=True), rtol=1e-6)
 
-    square.explain_with_error(images, targets, tolerance=1e-9, max_samples=16)
+    maps(smooth, clear=False)
     layer = model.get_layer("block5_conv3")
     layer.kernel.assign(layer.kernel.numpy() * 1.5)
     calls.clear()
-    changed = var_maps(clear=False)
-    assert calls and np.abs(changed - alone).max() > 1e-3 * np.abs(alone).max()
-    np.testing.assert_array_equal(changed, var_maps(clear=True))
+    changed = maps(var, clear=False)
+    assert calls and np.abs(changed - alone[1]).max() > 1e-3 * np.abs(alone[1]).max()
+    np.testing.assert_array_equal(changed, maps(var, clear=True))
 
 
-def test_square_grad_takes_the_clean_gradient_only_as_a_replicate(model, batch):
-    """A plain `explain` sums raw squares (its floor: n_samples gradients, no clean one); the
-    replicates of tolerance mode centre on the clean gradient, as VarGrad does, to share."""
+@pytest.mark.parametrize("name", ["smoothgrad", "square_grad"])
+def test_smoothgrad_and_square_grad_take_the_clean_gradient_only_as_a_replicate(model, batch, name):
+    """A plain `explain` sums raw gradients or squares (its floor: n_samples gradients, no
+    clean one); the replicates of tolerance mode centre on the clean gradient, as VarGrad
+    does, to share."""
     from xai._lazy import tf
 
     images, targets = batch
     x, t = tf.constant(images), tf.constant(targets)
-    square = xai.create_explainer("square_grad", model, n_samples=8)
+    square = xai.create_explainer(name, model, n_samples=8)
     assert not np.any(square.batch_state(x, t)["clean"].numpy()) and square.shared_totals() is None
     replica = square.replicate(0, 4)
     assert np.any(replica.batch_state(x, t)["clean"].numpy()) and replica.shared_totals() is not None
