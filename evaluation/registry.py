@@ -19,7 +19,7 @@ Two kinds of metric:
   `explainer_class` is the explainer the batches ran, already traced.
 
 ``seconds_per_image`` is registered too, as a cost: the runner measures it; so are
-``map_error`` and ``map_converged``, the Monte Carlo error of stochastic methods' maps
+``map_error``, ``map_converged`` and ``map_order_error``, the Monte Carlo error of stochastic methods' maps
 (`xai.monte_carlo`), diagnostics that are shown and never ranked.
 """
 
@@ -130,6 +130,10 @@ _METRICS["map_error"] = Metric(
     "map_error", higher_is_better=False, is_cost=True, default=False, order=1001,
     description="Monte Carlo error of each map of a stochastic method: the relative L2 standard error "
                 "of its replicates (Integrated Gradients: its completeness gap); a diagnostic, not ranked")
+_METRICS["map_order_error"] = Metric(
+    "map_order_error", higher_is_better=False, is_cost=True, default=False, order=1004,
+    description="the same error for each map's deviation from its own pixel mean: the noise in the "
+                "order of the pixels, which deletion, insertion and every ranking metric read")
 _METRICS["score_saturated"] = Metric(
     "score_saturated", higher_is_better=False, is_cost=True, default=False, order=1003,
     description="1 where a gradient method's score (loss or probability) saturates: 1 - p(target) < 1e-3")

@@ -41,6 +41,10 @@ def test_the_map_pools_four_replicates_and_the_error_is_their_standard_error(mod
     replicates = np.stack(replicates).astype(np.float64)
     spread = np.sum((replicates - replicates.mean(axis=0)) ** 2, axis=(0, 2, 3))
     np.testing.assert_allclose(result.errors, np.sqrt(spread / 12) / _norms(pooled), rtol=1e-5)
+    # The pixel-order error: the same, for each map less its own pixel mean.
+    centre = lambda a: a - a.mean(axis=(-2, -1), keepdims=True)  # noqa: E731
+    spread = np.sum((centre(replicates) - centre(replicates).mean(axis=0)) ** 2, axis=(0, 2, 3))
+    np.testing.assert_allclose(result.order_errors, np.sqrt(spread / 12) / _norms(centre(pooled)), rtol=1e-5)
     assert result.samples.tolist() == [16] * 8 and result.converged.all()
     # The replicates really are independent draws: no two are equal.
     assert all(np.abs(replicates[a] - replicates[b]).max() > 0 for a in range(4) for b in range(a))
@@ -54,6 +58,8 @@ def test_rise_replicates_pool_to_the_mean_of_their_maps(model, batch):
     result = explainer.explain_with_error(images, targets)
     mean = np.mean([explainer.replicate(j, 16).explain(images, targets) for j in range(4)], axis=0)
     np.testing.assert_allclose(result.maps, mean, rtol=1e-5, atol=1e-6 * np.abs(mean).max())
+    # A RISE map is mostly its mean: the L2 error hides the noise in the order of its pixels.
+    assert np.all(result.order_errors > 3 * result.errors)
 
 
 def test_smoothgrad_square_grad_and_var_grad_compute_their_shared_noisy_gradients_once(batch, monkeypatch):
@@ -178,6 +184,7 @@ def test_integrated_gradients_reports_its_completeness_gap_and_doubles_its_steps
     difference = probabilities(images) - probabilities(np.zeros_like(images))
     gap = np.abs(result.maps.sum(axis=(1, 2)) - difference) / np.abs(difference)
     np.testing.assert_allclose(result.errors, gap, rtol=1e-3, atol=1e-6)
+    assert np.isnan(result.order_errors).all()  # a gap, not replicates: no order error
     assert result.samples.tolist() == [4] * 8
     # A reduced map cannot show the gap: a signed sibling measures it.
     unsigned = xai.create_explainer("integrated_gradients", model, steps=4, score="probability", reduce="sum_abs")
@@ -234,8 +241,9 @@ def test_deterministic_methods_report_zero_and_random_nan(model, batch):
     images, _ = batch
     cam = xai.create_explainer("cam", model).explain_with_error(images)  # targets: the predicted class
     np.testing.assert_array_equal(cam.maps, xai.create_explainer("cam", model).explain(images))
-    assert np.all(cam.errors == 0) and cam.converged.all()
-    assert np.isnan(xai.create_explainer("random", model).explain_with_error(images).errors).all()
+    assert np.all(cam.errors == 0) and np.all(cam.order_errors == 0) and cam.converged.all()
+    chance = xai.create_explainer("random", model).explain_with_error(images)
+    assert np.isnan(chance.errors).all() and np.isnan(chance.order_errors).all()
 
 
 @pytest.mark.parametrize("kwargs, message", [({"tolerance": 0}, "tolerance"), ({"tolerance": "small"}, "tolerance"),

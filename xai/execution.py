@@ -138,15 +138,19 @@ class WorkPlan:
     sanity_images: int = 0
 
     def explain(self, explainer, images, targets):
-        """(maps, errors or None, converged or None) of one batch, as the plan says."""
+        """(maps, errors or None, converged or None, order errors or None) of one batch, as
+        the plan says."""
         if self.tolerance is None:
-            return np.asarray(explainer.explain(images, targets)), None, None
+            return np.asarray(explainer.explain(images, targets)), None, None, None
         result = explainer.explain_with_error(images, targets, tolerance=self.tolerance,
                                               max_samples=sample_cap(explainer))
         errors = np.asarray(result.errors, np.float64)
         if not np.any(errors != 0) or not np.all(np.isfinite(errors)):  # deterministic, or `random`
-            return result.maps, None, None
-        return result.maps, errors, result.converged
+            return result.maps, None, None, None
+        order = result.order_errors
+        if order is not None and not np.any(np.isfinite(order)):  # Integrated Gradients' gap
+            order = None
+        return result.maps, errors, result.converged, order
 
     #: Where a batch sent without images is read (``image_source="workers"``); None: every
     #: batch comes with its images.
@@ -223,7 +227,7 @@ class WorkPlan:
 
         images, targets, ids, masks = batch["images"], batch["targets"], batch["ids"], batch["masks"]
         start = time.perf_counter()
-        maps, errors, converged = self.explain(explainer, images, targets)
+        maps, errors, converged, order_errors = self.explain(explainer, images, targets)
         seconds = time.perf_counter() - start
         if maps.shape != images.shape[:3]:
             raise PluginError(f"{method} returned maps of shape {maps.shape}; expected {images.shape[:3]}.")
@@ -237,6 +241,8 @@ class WorkPlan:
         if errors is not None:
             values += [(i, "map_error", float(e)) for i, e in zip(ids, errors)]
             values += [(i, "map_converged", float(c)) for i, c in zip(ids, converged)]
+        if order_errors is not None:
+            values += [(i, "map_order_error", float(e)) for i, e in zip(ids, order_errors)]
         curves, protocols = [], {}
         inputs = MetricInputs(scorer=scorer, images=images, targets=targets, maps=maps, masks=masks,
                               protocol=self.protocol, explainer=explainer, seed=self.seed)

@@ -91,12 +91,15 @@ RANK_SHADES = ("#eff3ff", "#c6dbef", "#9ecae1", "#6baed6", "#4292c6", "#2171b5")
 def map_errors(arrays: dict) -> dict:
     """method -> the Monte Carlo error of its maps (`xai.monte_carlo`): median and 90th
     percentile over images, and on how many of the ``n`` images it reached the tolerance."""
-    converged = arrays.get("map_converged", {})
+    converged, order = arrays.get("map_converged", {}), arrays.get("map_order_error", {})
     out = {}
     for method, (_, errors) in arrays.get("map_error", {}).items():
         reached = converged.get(method, (None, np.ones_like(errors)))[1]
+        order_errors = order.get(method, (None, None))[1]
         out[method] = {"median": float(np.nanmedian(errors)), "p90": float(np.nanpercentile(errors, 90)),
-                       "converged": int(np.nansum(reached)), "n": int(len(errors))}
+                       "converged": int(np.nansum(reached)), "n": int(len(errors)),
+                       "order_median": (float(np.nanmedian(order_errors))
+                                        if order_errors is not None and np.isfinite(order_errors).any() else None)}
     return out
 
 
