@@ -5,7 +5,8 @@ default, and Xplique's default where it differs), and in tolerance mode, each co
 high-count reference map (the mean of replicates at `--reference` times the default count).
 Columns: samples per image, seconds per image (this machine, this run), the error
 `explain_with_error` estimates (median over images), and the error actually measured against
-the reference (median relative L2 distance). Integrated Gradients: completeness gap against
+the reference (median relative L2 distance), and the pixel-order error it estimates (the same
+for each map less its own mean). Integrated Gradients: completeness gap against
 steps. Also SmoothGrad with antithetic noise, at the same counts. Not part of the test suite.
 
     .venv/bin/python benchmarks/monte_carlo.py                    # 8 test images, all methods
@@ -104,6 +105,7 @@ def main():
                 rows.append({"method": method, "setting": label, "mode": f"fixed {count}", "samples": count,
                              "seconds_per_image": seconds / len(images),
                              "estimated": float(np.median(estimate.errors)),
+                             "estimated_order": float(np.median(estimate.order_errors)),
                              "actual": float(np.median(relative_distance(maps, reference.maps))),
                              "reference_error": float(np.median(reference.errors))})
                 print(rows[-1])
@@ -114,6 +116,7 @@ def main():
                     rows.append({"method": method, "setting": label, "mode": f"tolerance {tolerance}, cap {cap}",
                                  "samples": float(result.samples.mean()), "seconds_per_image": seconds / len(images),
                                  "estimated": float(np.median(result.errors)),
+                                 "estimated_order": float(np.median(result.order_errors)),
                                  "actual": float(np.median(relative_distance(result.maps, reference.maps))),
                                  "converged": float(result.converged.mean()),
                                  "reference_error": float(np.median(reference.errors))})
