@@ -43,6 +43,11 @@ class VarGrad(SmoothGrad):
     def centred(self):
         return True  # float32's cancellation: sum g**2 - (sum g)**2 / n where g hardly moves
 
+    def pooled_scale(self, per, samples):
+        # Replicates' mean totals finalised with n = per divide by per - 1; the unbiased
+        # variance of all the pooled samples divides by samples - 1.
+        return (per - 1) / per * samples / (samples - 1)
+
     def finalize(self, images, targets, state, total):
         n = self.resolved["n_samples"]
         total_sum, total_squares = total[:, 0], total[:, 1]

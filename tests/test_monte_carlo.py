@@ -52,6 +52,19 @@ def test_the_map_pools_four_replicates_and_the_error_is_their_standard_error(mod
     assert maps is result.maps and errors is result.errors
 
 
+def test_var_grad_pools_its_replicates_into_the_unbiased_variance_of_all_samples(model, batch):
+    """Four replicates of 4 noisy gradients: the map is the n - 1 variance of the 16 pooled,
+    not the replicates' mean totals divided by 4 - 1 (a third too large)."""
+    images, targets = batch
+    explainer = xai.create_explainer("var_grad", model, n_samples=16)
+    result = explainer.explain_with_error(images, targets)
+    totals = sum(explainer.replicate(j, 4).explain_totals(images, targets).astype(np.float64) for j in range(4))
+    first, second = totals[:, 0], totals[:, 1]  # sums of g - c and (g - c)**2 over the 16
+    by_hand = ((second - first ** 2 / 16) / 15).sum(axis=-1)
+    np.testing.assert_allclose(result.maps, by_hand, rtol=1e-4, atol=1e-6 * by_hand.max())
+    assert result.samples.tolist() == [16] * 8
+
+
 def test_rise_replicates_pool_to_the_mean_of_their_maps(model, batch):
     images, targets = batch
     explainer = xai.create_explainer("rise", model, n_masks=64)

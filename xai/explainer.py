@@ -619,6 +619,14 @@ class PerturbationExplainer(Explainer):
             maps.append(np.asarray(self.finalize_batch(x, t, state, total), np.float32))
         return np.concatenate(totals), np.concatenate(maps)
 
+    def pooled_scale(self, per: int, samples: np.ndarray) -> Optional[np.ndarray]:
+        """A hook for `explain_with_error`, which finalises the mean of its replicates' totals
+        (each of `per` samples) with a replicate's `finalize`: the factor per image that turns
+        that map into the map of all `samples` pooled, where `finalize` is not linear in the
+        count (VarGrad's ``n - 1``) and the map is positively homogeneous in it. Default None:
+        no factor needed (a mean of sums is the sum of all samples over their number)."""
+        return None
+
     def finalize_totals(self, images: np.ndarray, targets: np.ndarray, totals: np.ndarray) -> np.ndarray:
         """Maps from totals given by `explain_totals` (of this explainer or its replicates)."""
         step = self.images_per_call()

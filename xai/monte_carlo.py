@@ -200,6 +200,9 @@ def replicated(explainer, images, targets, tolerance: Optional[float], max_sampl
             return mean.astype(np.float32), errors, order_errors
         pooled = replica(0).finalize_totals(
             images, targets, totals / k.reshape(-1, *[1] * (totals.ndim - 1)))
+        scale = explainer.pooled_scale(per, k * per)
+        if scale is not None:
+            pooled = (pooled * np.asarray(scale, np.float64)[:, None, None]).astype(np.float32)
         norm = lambda a: np.maximum(np.linalg.norm(a.reshape(n, -1), axis=1), 1e-30)  # noqa: E731
         return (pooled, errors * norm(mean) / norm(pooled),
                 order_errors * norm(centred(mean)) / norm(centred(pooled.astype(np.float64))))
