@@ -19,10 +19,11 @@ class SquareGrad(SmoothGrad):
     the logit, as for the paper's gradient maps. Xplique's ``SquareGrad`` uses an
     absolute ``sigma`` (``noise=0.2``: ``noise_level=0.2`` on an image spanning [0, 1]),
     its model's output (``score="probability"`` on a softmax model) and the channel mean
-    (``"sum_abs"`` / channels). In tolerance mode (`explain_with_error`, what `xai compare`
-    runs) the squares are accumulated as VarGrad's moments, around the clean image's gradient
-    (one more gradient per image and batch), so that SquareGrad and VarGrad in one comparison
-    compute their shared noisy gradients once; a plain `explain` sums the raw squares.
+    (``"sum_abs"`` / channels). The squares come from SmoothGrad's moments of the noisy
+    gradients: in tolerance mode (`explain_with_error`, what `xai compare` runs) they are
+    taken around the clean image's gradient (one more gradient per image and batch), so that
+    SmoothGrad, SquareGrad and VarGrad in one comparison compute their noisy gradients once;
+    a plain `explain` sums the raw squares.
 
     Parameters
     ----------

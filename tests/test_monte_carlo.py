@@ -80,7 +80,7 @@ def test_smoothgrad_square_grad_and_var_grad_compute_their_shared_noisy_gradient
     images with the same noise: the second and third find the first's totals (they compute
     none of their own) and their maps are the ones each computes alone; once the weights
     change in place, nothing stale is reused."""
-    from xai.explainer import SHARED_TOTALS
+    from xai.explainer import SHARED_TOTALS, content_digest
     from xai.plugins.smoothgrad import SmoothGrad
 
     keras.utils.set_random_seed(8)
@@ -88,10 +88,19 @@ def test_smoothgrad_square_grad_and_var_grad_compute_their_shared_noisy_gradient
     images, targets = batch
     smooth, square, var = (xai.create_explainer(name, model, n_samples=8)
                            for name in ("smoothgrad", "square_grad", "var_grad"))
-    calls = []
+    calls, prepared = [], []
     original = SmoothGrad.totals_batch  # SquareGrad's and VarGrad's too
     monkeypatch.setattr(SmoothGrad, "totals_batch", lambda self, *a: calls.append(type(self).__name__)
                         or original(self, *a))
+    original_state = SmoothGrad.batch_state
+
+    def counting_state(self, x, t):  # a batch state not in the memo is prepared: a clean gradient
+        memo = self.__dict__.get("state_memo")
+        if memo is None or (content_digest(x), content_digest(t)) not in memo:
+            prepared.append(type(self).__name__)
+        return original_state(self, x, t)
+
+    monkeypatch.setattr(SmoothGrad, "batch_state", counting_state)
 
     def maps(explainer, clear):
         if clear:
@@ -102,8 +111,9 @@ def test_smoothgrad_square_grad_and_var_grad_compute_their_shared_noisy_gradient
     maps(smooth, clear=False)
     assert set(calls) == {"SmoothGrad"}
     calls.clear()
+    prepared.clear()
     shared = [maps(square, clear=False), maps(var, clear=False)]
-    assert calls == []
+    assert calls == [] and prepared == []  # not even the clean gradient
     alone = [maps(square, clear=True), maps(var, clear=True)]
     assert calls
     for a, b in zip(shared, alone):
@@ -133,6 +143,14 @@ def test_smoothgrad_and_square_grad_take_the_clean_gradient_only_as_a_replicate(
     assert not np.any(square.batch_state(x, t)["clean"].numpy()) and square.shared_totals() is None
     replica = square.replicate(0, 4)
     assert np.any(replica.batch_state(x, t)["clean"].numpy()) and replica.shared_totals() is not None
+    # Centring changes how the sums are kept, not the map: a replicate's map is the plain
+    # method's with the same seed and count.
+    from xai.monte_carlo import replicate_seed
+
+    plain = xai.create_explainer(name, model, n_samples=4, seed=replicate_seed(0, 0))
+    expected = plain.explain(images, targets)
+    np.testing.assert_allclose(replica.explain(images, targets), expected, rtol=1e-4,
+                               atol=1e-5 * np.abs(expected).max())
     var = xai.create_explainer("var_grad", model, n_samples=8)
     assert np.any(var.batch_state(x, t)["clean"].numpy())
 

@@ -393,8 +393,10 @@ class Explainer:
         Returns
         -------
         MapsWithError
-            ``maps`` (N, H, W), ``errors`` (N,), ``samples`` (N,), ``converged`` (N,);
-            ``maps, errors = explainer.explain_with_error(images)`` unpacks the first two.
+            ``maps`` (N, H, W), ``errors`` (N,), ``samples`` (N,), ``converged`` (N,),
+            ``order_errors`` (N,): the error of each map less its own pixel mean (see
+            `xai.monte_carlo.MapsWithError`); ``maps, errors =
+            explainer.explain_with_error(images)`` unpacks the first two.
         """
         from xai import monte_carlo
 
@@ -465,7 +467,8 @@ class Explainer:
         if samples not in replicas:
             replicas[samples] = type(self)(self.model, spec=self.spec, **{**self.params, self.sample_count: samples})
             # Set before anything is traced: a hook may compute otherwise for a replicate
-            # (SquareGrad takes the clean gradient only where totals are pooled and shared).
+            # (SmoothGrad and SquareGrad take the clean gradient only where totals are pooled
+            # and shared).
             replicas[samples].is_replicate = True
         if replicas[samples].reseed(seed):
             return replicas[samples]
@@ -549,8 +552,8 @@ class PerturbationExplainer(Explainer):
     def shared_totals(self) -> Optional[tuple]:
         """A hook: what decides this explainer's per-batch (state, totals) besides the model's
         weights, the images, the targets and their place in the call, for totals that another
-        method computes too (SquareGrad and VarGrad accumulate the same moments of the same
-        noisy gradients). Explainers giving equal keys share one computation: within a
+        method computes too (SmoothGrad, SquareGrad and VarGrad accumulate the same moments of
+        the same noisy gradients). Explainers giving equal keys share one computation: within a
         process, the second finds the first's totals in `SHARED_TOTALS`. Default None: not
         shared."""
         return None
@@ -615,6 +618,9 @@ class PerturbationExplainer(Explainer):
             state, total = hit if hit is not None else self.totals_batch(x, t, s)
             if key is not None and hit is None:
                 SHARED_TOTALS.put(key, (state, total))
+            memo = self.__dict__.get("state_memo")
+            if hit is not None and memo is not None:  # finalize_totals then prepares nothing
+                memo.setdefault((content_digest(x), content_digest(t)), state)
             totals.append(np.asarray(total))
             maps.append(np.asarray(self.finalize_batch(x, t, state, total), np.float32))
         return np.concatenate(totals), np.concatenate(maps)
