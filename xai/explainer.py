@@ -574,7 +574,7 @@ class PerturbationExplainer(Explainer):
         `state_memo` when one is set (`xai.monte_carlo` sets it on replicates of explainers
         with a `seed_free_state`, for the length of one call, so the weights cannot change)."""
         memo = self.__dict__.get("state_memo")
-        key = (content_digest(images), content_digest(targets)) if memo is not None else None
+        key = batch_digest(images, targets) if memo is not None else None
         if key is not None and key in memo:
             return memo[key]
         state = self.compiled("prepare", self.prepare, [self.image_signature, self.index_signature])(images, targets)
@@ -613,14 +613,15 @@ class PerturbationExplainer(Explainer):
             shared = (shared, id(self.model), repr(self.spec), weights_digest(self.model), step)
         for s in range(0, len(images), step):
             x, t = tf.convert_to_tensor(images[s:s + step]), tf.convert_to_tensor(targets[s:s + step])
-            key = None if shared is None else (shared, s, content_digest(x), content_digest(t))
+            digest = None if shared is None else batch_digest(x, t)
+            key = None if shared is None else (shared, s, *digest)
             hit = SHARED_TOTALS.get(key)
             state, total = hit if hit is not None else self.totals_batch(x, t, s)
             if key is not None and hit is None:
                 SHARED_TOTALS.put(key, (state, total))
             memo = self.__dict__.get("state_memo")
             if hit is not None and memo is not None:  # finalize_totals then prepares nothing
-                memo.setdefault((content_digest(x), content_digest(t)), state)
+                memo.setdefault(digest, state)
             totals.append(np.asarray(total))
             maps.append(np.asarray(self.finalize_batch(x, t, state, total), np.float32))
         return np.concatenate(totals), np.concatenate(maps)
@@ -674,6 +675,11 @@ def content_digest(array) -> tuple:
 
     a = np.ascontiguousarray(array.numpy() if hasattr(array, "numpy") else array)
     return a.shape, a.dtype.str, hashlib.blake2b(a.tobytes(), digest_size=16).digest()
+
+
+def batch_digest(images, targets) -> tuple:
+    """A batch's key by content: its images' and its targets' `content_digest`."""
+    return content_digest(images), content_digest(targets)
 
 
 class SharedTotals:
