@@ -37,9 +37,19 @@ def jansen_total_indices(outputs, n_designs: int):
     the N scores of A.
     """
     outputs = tf.convert_to_tensor(outputs, tf.float32)
+    a, c = design_blocks(outputs, n_designs)
+    return jansen_from_blocks(a, c)
+
+
+def design_blocks(outputs, n_designs: int):
+    """The scores of A (n, N) and of every C_i (n, n_cells, N) in `sobol_designs`' order."""
     n = n_designs
-    a = outputs[:, :n]
-    c = tf.reshape(outputs[:, 2 * n:], (tf.shape(outputs)[0], -1, n))
+    return outputs[:, :n], tf.reshape(outputs[:, 2 * n:], (tf.shape(outputs)[0], -1, n))
+
+
+def jansen_from_blocks(a, c):
+    """`jansen_total_indices` from the scores of A (n, N) and of the C_i (n, n_cells, N)."""
+    n = int(a.shape[1])
     centred = a - tf.reduce_mean(a, axis=1, keepdims=True)
     variance = tf.maximum(tf.reduce_sum(centred ** 2, axis=1) / max(n - 1, 1), VARIANCE_FLOOR)
     return tf.reduce_sum((a[:, None, :] - c) ** 2, axis=-1) / (2.0 * n * variance[:, None])
@@ -101,3 +111,10 @@ class Sobol(GridDesignExplainer):
 
     def estimate(self, designs, scores):
         return jansen_total_indices(scores, self.resolved["n_designs"])
+
+    def estimate_pooled(self, designs, scores):
+        """Jansen's estimator on the union of the replicates' A and C_i (each replicate's
+        designs are of its own N: their count divided by ``grid^2 + 2``)."""
+        blocks = [design_blocks(tf.convert_to_tensor(s, tf.float32), len(d) // (d.shape[1] + 2))
+                  for d, s in zip(designs, scores)]
+        return jansen_from_blocks(tf.concat([a for a, _ in blocks], axis=1), tf.concat([c for _, c in blocks], axis=2))

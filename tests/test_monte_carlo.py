@@ -65,6 +65,68 @@ def test_var_grad_pools_its_replicates_into_the_unbiased_variance_of_all_samples
     assert result.samples.tolist() == [16] * 8
 
 
+def union_of_sobol_designs(designs, cells):
+    """Replicates' Sobol designs (each A, B, C_1 ... C_d of its own N) as one design of their
+    summed N, in the same block order."""
+    blocks = [(d[:len(d) // (cells + 2)], d[len(d) // (cells + 2):2 * len(d) // (cells + 2)],
+               d[2 * len(d) // (cells + 2):].reshape(cells, -1, cells)) for d in designs]
+    a, b = (np.concatenate([block[i] for block in blocks]) for i in (0, 1))
+    c = np.concatenate([block[2] for block in blocks], axis=1).reshape(-1, cells)
+    return np.concatenate([a, b, c])
+
+
+@pytest.mark.parametrize("method, count", [("sobol", 32), ("hsic", 400)])
+def test_sobol_and_hsic_replicates_pool_their_designs_into_one_estimate(model, batch, method, count):
+    """Four replicates of a quarter of the designs: the map is the method's own estimator on
+    the union of their designs (the map of a plain call given those designs), not the mean of
+    four small-design maps, which converges to another map (Jansen's ratio and HSIC's kernel
+    statistic are not linear in the designs)."""
+    images, targets = batch[0][:3], batch[1][:3]
+    explainer = xai.create_explainer(method, model, n_designs=count, grid_size=2)
+    result = explainer.explain_with_error(images, targets)
+    designs, maps = [], []
+    for j in range(4):
+        twin = explainer.replicate(j, count // 4)
+        designs.append(np.array(twin.designs))
+        maps.append(twin.explain(images, targets))
+    plain = xai.create_explainer(method, model, n_designs=count, grid_size=2)
+    plain.designs = union_of_sobol_designs(designs, 4) if method == "sobol" else np.concatenate(designs)
+    union = plain.explain(images, targets)
+    np.testing.assert_allclose(result.maps, union, rtol=1e-4, atol=1e-5 * np.abs(union).max())
+    assert np.abs(result.maps - np.mean(maps, axis=0)).max() > 1e-3 * np.abs(union).max()
+    assert result.samples.tolist() == [count] * 3
+    # The error is still the replicates' standard error, relative to the pooled map.
+    maps = np.stack(maps).astype(np.float64)
+    spread = np.sum((maps - maps.mean(axis=0)) ** 2, axis=(0, 2, 3))
+    np.testing.assert_allclose(result.errors, np.sqrt(spread / 12) / _norms(union), rtol=1e-3)
+
+
+def test_tolerance_mode_pools_each_images_own_replicates(model, batch):
+    """In tolerance mode images get different replicates: each image's map is the estimator
+    on the designs of its own replicates, whichever were drawn for the others."""
+    from xai.monte_carlo import pooled_design_maps
+
+    images, targets = batch[0][:3], batch[1][:3]
+    explainer = xai.create_explainer("hsic", model, n_designs=400, grid_size=2)
+    members = {0: [0, 1, 2], 1: [0, 1, 2], 2: [1], 3: [1, 2]}
+    replicates = []
+    for j, which in members.items():
+        twin = explainer.replicate(j, 100)
+        which = np.array(which)
+        replicates.append((which, np.array(twin.designs), twin.explain_totals(images[which], targets[which])))
+    maps = pooled_design_maps(explainer, 3, replicates)
+    for image in range(3):
+        mine = [replicates[j][1] for j, which in members.items() if image in which]
+        plain = xai.create_explainer("hsic", model, n_designs=100 * len(mine), grid_size=2)
+        plain.designs = np.concatenate(mine)
+        np.testing.assert_allclose(maps[image], plain.explain(images[image:image + 1], targets[image:image + 1])[0],
+                                   rtol=1e-4, atol=1e-6)
+    # And the loop that draws them: images that need more replicates get them.
+    result = explainer.explain_with_error(batch[0], batch[1], tolerance=0.05, max_samples=1600)
+    assert result.samples.min() >= 400 and result.samples.max() <= 1600
+    assert np.all(result.converged == (result.errors <= 0.05))
+
+
 def test_rise_replicates_pool_to_the_mean_of_their_maps(model, batch):
     images, targets = batch
     explainer = xai.create_explainer("rise", model, n_masks=64)

@@ -516,6 +516,10 @@ class PerturbationExplainer(Explainer):
     #: samples) rather than average their maps: sound when totals are sums over copies, as
     #: here; False where each replicate's copies are a design of their own (Sobol, HSIC).
     averages_totals: ClassVar[bool] = True
+    #: Whether replicates pool their designs instead: the map is `pooled_maps` of the union of
+    #: every replicate's designs and scores (Sobol's and HSIC's estimators are ratios and
+    #: kernel statistics: a mean of their small-design maps converges to a biased map).
+    pools_designs: ClassVar[bool] = False
     #: Whether `prepare` and `host_prepare` ignore the seed (a clean gradient, clean scores,
     #: a segmentation): the replicates of `explain_with_error` then compute a batch's state
     #: once between them instead of once each.

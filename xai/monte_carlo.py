@@ -161,7 +161,9 @@ def replicated(explainer, images, targets, tolerance: Optional[float], max_sampl
     centred_squares = np.zeros(n, np.float64)  # sum_j |m_j - mean(m_j)|^2, for the order error
     k = np.zeros(n, np.float64)
     by_totals = getattr(explainer, "averages_totals", False)
+    by_designs = getattr(explainer, "pools_designs", False)
     totals = None
+    designs = []  # by_designs: (replicate's images, its designs, their scores) of each replicate
     # Replicates differ by their seed only: a state that ignores it (VarGrad's clean gradient,
     # LIME's segmentation) is computed once per batch for all of them.
     state_memo, twins = ({} if getattr(explainer, "seed_free_state", False) else None), {}
@@ -182,6 +184,10 @@ def replicated(explainer, images, targets, tolerance: Optional[float], max_sampl
                 totals = np.zeros((n, *sums.shape[1:]), np.float64)
             totals[which] += sums
             maps = maps.astype(np.float64)
+        elif by_designs:
+            scores, maps = twin.totals_and_maps(images[which], targets[which])
+            designs.append((which, np.array(twin.designs), scores))
+            maps = maps.astype(np.float64)
         else:
             maps = twin.explain(images[which], targets[which]).astype(np.float64)
         total[which] += maps
@@ -190,19 +196,23 @@ def replicated(explainer, images, targets, tolerance: Optional[float], max_sampl
         k[which] += 1
 
     def estimate():
-        """(maps, errors, order errors). Pooling totals gives the map of all k * per samples
-        (the method's own estimator, not a mean of smaller ones); its standard error is still
+        """(maps, errors, order errors). Pooling totals (or designs) gives the map of all
+        k * per samples (the method's own estimator, not a mean of smaller ones, which is
+        biased where the estimator is not linear in its samples); its standard error is still
         the replicates' spread over sqrt(k), now relative to the pooled map."""
         mean = total / k[:, None, None]
         errors = relative_standard_error(total, squares, k)
         order_errors = relative_standard_error(centred(total), centred_squares, k)
-        if not by_totals:
+        if by_designs:
+            pooled = pooled_design_maps(explainer, n, designs)
+        elif by_totals:
+            pooled = replica(0).finalize_totals(
+                images, targets, totals / k.reshape(-1, *[1] * (totals.ndim - 1)))
+            scale = explainer.pooled_scale(per, k * per)
+            if scale is not None:
+                pooled = (pooled * np.asarray(scale, np.float64)[:, None, None]).astype(np.float32)
+        else:
             return mean.astype(np.float32), errors, order_errors
-        pooled = replica(0).finalize_totals(
-            images, targets, totals / k.reshape(-1, *[1] * (totals.ndim - 1)))
-        scale = explainer.pooled_scale(per, k * per)
-        if scale is not None:
-            pooled = (pooled * np.asarray(scale, np.float64)[:, None, None]).astype(np.float32)
         norm = lambda a: np.maximum(np.linalg.norm(a.reshape(n, -1), axis=1), 1e-30)  # noqa: E731
         return (pooled, errors * norm(mean) / norm(pooled),
                 order_errors * norm(centred(mean)) / norm(centred(pooled.astype(np.float64))))
@@ -229,6 +239,29 @@ def replicated(explainer, images, targets, tolerance: Optional[float], max_sampl
             twin.__dict__.pop("state_memo", None)
     converged = np.ones(n, bool) if tolerance is None else errors <= tolerance
     return MapsWithError(maps, errors, (k * per).astype(int), converged, order_errors)
+
+
+def pooled_design_maps(explainer, n: int, replicates: list) -> np.ndarray:
+    """Each image's map from the designs of all its replicates at once (the method's
+    estimator on their union, `pooled_maps`), for methods that `pools_designs`. In tolerance
+    mode images have different replicates: those that share the same ones are estimated
+    together. ``replicates`` holds (images' indices, designs, scores (images, designs))."""
+    members = [[] for _ in range(n)]
+    for r, (which, _, _) in enumerate(replicates):
+        for row, image in enumerate(which):
+            members[image].append((r, row))
+    groups = {}
+    for image, entries in enumerate(members):
+        groups.setdefault(tuple(r for r, _ in entries), []).append(image)
+    maps = None
+    for used, images in groups.items():
+        rows = np.array([[row for _, row in members[image]] for image in images])  # (m, len(used))
+        scores = [replicates[r][2][rows[:, j]] for j, r in enumerate(used)]
+        group_maps = np.asarray(explainer.pooled_maps([replicates[r][1] for r in used], scores), np.float32)
+        if maps is None:
+            maps = np.empty((n, *group_maps.shape[1:]), np.float32)
+        maps[images] = group_maps
+    return maps
 
 
 def deterministic(explainer, images, targets) -> MapsWithError:
