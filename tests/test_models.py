@@ -5,7 +5,7 @@ import tensorflow as tf
 
 import xai
 from xai import models
-from xai.errors import ModelError, NotApplicable
+from xai.errors import ModelError, NotApplicable, ParameterError
 
 
 def test_full_width_parameter_count_and_layer_names():
@@ -169,3 +169,44 @@ def test_imagenet_download_failure_is_clear(monkeypatch):
 def test_builder_validates(kwargs, match):
     with pytest.raises(ValueError, match=match):
         xai.vgg16_gap(**kwargs)
+
+
+def test_fold_batch_norm_gives_the_plain_architecture_with_the_same_outputs():
+    """The default is trained with batch normalisation and shipped without it: folding each
+    BatchNormalization's inference transform into its convolution changes no output."""
+    from xai.models import fold_batch_norm
+
+    keras.utils.set_random_seed(1)
+    trained = xai.vgg16_gap((32, 32, 3), 2, width=0.125, pool5=False, centre_input=True, batch_norm=True)
+    rng = np.random.default_rng(0)
+    for layer in trained.layers:  # statistics far from the identity, as after training
+        if isinstance(layer, keras.layers.BatchNormalization):
+            shape = layer.get_weights()[0].shape
+            layer.set_weights([rng.uniform(0.5, 2, shape), rng.normal(0, 0.3, shape),
+                               rng.normal(0, 0.3, shape), rng.uniform(0.2, 3, shape)])
+    plain = fold_batch_norm(trained, xai.vgg16_gap((32, 32, 3), 2, width=0.125, pool5=False, centre_input=True))
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in plain.layers)
+    assert xai.models.model_spec(plain).feature_layer == "block5_conv3"
+    assert xai.models.model_spec(trained).feature_layer == "block5_relu3"
+    x = rng.random((4, 32, 32, 3)).astype("float32")
+    logits = lambda m: keras.Model(m.inputs, m.get_layer("predictions").input)(x).numpy()  # noqa: E731
+    np.testing.assert_allclose(logits(plain), logits(trained), rtol=1e-4, atol=1e-4 * np.abs(logits(trained)).max())
+    with pytest.raises(ParameterError, match="batch_norm"):
+        xai.vgg16_gap(weights="imagenet", batch_norm=True)
+
+
+def test_train_stops_at_the_first_epoch_that_reaches_the_target_accuracy():
+    from xai import data
+    from xai.train import train
+
+    keras.utils.set_random_seed(2)
+    model = xai.vgg16_gap((32, 32, 3), 2, width=0.125, batch_norm=True)
+    images = data.offline(n_images=32, image_size=32, split="train")
+    report = train(model, images, images, epochs=3, batch_size=16, target_accuracy=0.01, verbose=0)
+    assert report["epochs"] == 1 and len(report["history"]["val_accuracy"]) == 1
+    report = train(model, images, images, epochs=2, batch_size=16, verbose=0)
+    assert report["epochs"] == 2
+    with pytest.raises(ParameterError, match="val_ds"):
+        train(model, images, None, epochs=1, target_accuracy=0.9)
+    with pytest.raises(ParameterError, match="target_accuracy"):
+        train(model, images, images, epochs=1, target_accuracy=1.5)

@@ -30,6 +30,13 @@ def test_offline_default_model_reaches_the_accuracy_bar(trained_default):
     print(f"default model: held-out accuracy {trained_default['accuracy']:.3f}, "
           f"trained in {trained_default['seconds']:.0f}s")
     assert trained_default["accuracy"] >= 0.95
+    # Trained with batch normalisation, shipped without: the plain VGG16-GAP.
+    model = trained_default["model"]
+    assert not any(isinstance(layer, __import__("keras").layers.BatchNormalization) for layer in model.layers)
+    assert xai.models.model_spec(model).feature_layer == "block5_conv3"
+    report = json.loads(trained_default["path"].with_suffix(".train.json").read_text())
+    print(f"epochs {report['epochs']}, validation accuracy {report['history']['val_accuracy']}")
+    assert report["epochs"] == len(report["history"]["val_accuracy"]) <= report["config"]["epochs"]
     # Pictures that show no class get about the uniform answer, not a confident guess: where
     # the RISE protocol's deletion curves end (black) and insertion curves start (blurred).
     from xai import data

@@ -137,6 +137,7 @@ def vgg16_gap(
     class_names: Sequence[str] = (),
     pool5: bool = True,
     centre_input: bool = False,
+    batch_norm: bool = False,
 ) -> keras.Model:
     """Build VGG16-GAP: VGG16's conv base, GlobalAveragePooling2D, Dense softmax.
 
@@ -163,6 +164,12 @@ def vgg16_gap(
         ``centre``), so explainers still see [0, 1] images. Trained from scratch, a centred
         model leaves the plateau at chance in half the epochs (docs/data.md). Not with
         ``weights="imagenet"``, whose own preprocessing comes first.
+    batch_norm : bool, default False
+        For training from scratch: each convolution (then linear, ``block1_conv1`` ...)
+        is followed by ``BatchNormalization`` (``block1_bn1`` ...) and a ReLU
+        (``block1_relu1`` ...). It leaves the plateau at chance in a third of the epochs
+        (docs/data.md); `fold_batch_norm` turns the trained model into the plain
+        architecture, with the same outputs. Not with ``weights="imagenet"``.
 
     Returns
     -------
@@ -201,6 +208,8 @@ def vgg16_gap(
     if weights == "imagenet" and centre_input:
         raise ParameterError("centre_input=True does not apply with weights='imagenet', which brings "
                              "its own preprocessing (VGG16's Caffe mean subtraction).")
+    if weights == "imagenet" and batch_norm:
+        raise ParameterError("batch_norm=True is for training from scratch, not with weights='imagenet'.")
     if weights == "imagenet" and (width != 1.0 or input_shape[2] != 3):
         raise ParameterError(
             f"weights='imagenet' needs width=1.0 and 3 channels; got width={width!r}, "
@@ -214,9 +223,12 @@ def vgg16_gap(
     for block, filters in enumerate(VGG16_BLOCKS, start=1):
         for conv, f in enumerate(filters, start=1):
             x = keras.layers.Conv2D(
-                _scaled(f, width), 3, padding="same", activation="relu",
+                _scaled(f, width), 3, padding="same", activation=None if batch_norm else "relu",
                 kernel_initializer="he_normal", name=f"block{block}_conv{conv}",
             )(x)
+            if batch_norm:
+                x = keras.layers.BatchNormalization(name=f"block{block}_bn{conv}")(x)
+                x = keras.layers.ReLU(name=f"block{block}_relu{conv}")(x)
         if block < len(VGG16_BLOCKS) or pool5:
             x = keras.layers.MaxPooling2D(2, strides=2, name=f"block{block}_pool")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
@@ -228,8 +240,8 @@ def vgg16_gap(
     spec = ModelSpec(
         input_shape=input_shape,
         num_classes=int(num_classes),
-        feature_layer="block5_pool" if pool5 else "block5_conv3",
-        last_conv_layer="block5_conv3",
+        feature_layer="block5_pool" if pool5 else ("block5_relu3" if batch_norm else "block5_conv3"),
+        last_conv_layer="block5_relu3" if batch_norm else "block5_conv3",
         classifier_layer="predictions",
         linear_head=True,
         preprocessing="caffe" if weights == "imagenet" else "none",
@@ -237,6 +249,26 @@ def vgg16_gap(
     )
     attach_spec(model, spec)
     return model
+
+
+def fold_batch_norm(trained: keras.Model, plain: keras.Model) -> keras.Model:
+    """Copy a ``batch_norm=True`` VGG16-GAP's weights into `plain`, the same VGG16-GAP
+    without it, with each ``BatchNormalization``'s inference transform folded into the
+    convolution before it: ``W gamma / sqrt(var + eps)`` and
+    ``(b - mean) gamma / sqrt(var + eps) + beta``. The two models give the same outputs (up
+    to rounding); returns `plain`."""
+    for layer in plain.layers:
+        if not layer.weights:
+            continue
+        weights = [np.asarray(w, np.float64) for w in trained.get_layer(layer.name).get_weights()]
+        bn_name = layer.name.replace("_conv", "_bn")
+        if isinstance(layer, keras.layers.Conv2D) and bn_name != layer.name:
+            norm = trained.get_layer(bn_name)
+            gamma, beta, mean, variance = (np.asarray(w, np.float64) for w in norm.get_weights())
+            scale = gamma / np.sqrt(variance + norm.epsilon)
+            weights = [weights[0] * scale, (weights[1] - mean) * scale + beta]
+        layer.set_weights([w.astype(np.float32) for w in weights])
+    return plain
 
 
 def _load_imagenet_conv_base(model: keras.Model, input_shape: tuple) -> None:

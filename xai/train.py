@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from xai import data as xdata
 from xai.errors import ModelError, ParameterError
-from xai.models import load_model, save_model, vgg16_gap
+from xai.models import fold_batch_norm, load_model, save_model, vgg16_gap
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +34,11 @@ class DefaultModelConfig:
     a 4x4 feature map at 64x64; images that show no class (`xai.data.offline_uninformative`)
     trained towards the uniform distribution, so that the black and blurred images where
     the RISE protocol's curves end and start are "don't know" rather than a confident guess;
-    inputs centred inside the model, which halves the epochs spent at chance.
+    inputs centred inside the model, which halves the epochs spent at chance; batch
+    normalisation while training (folded into the convolutions afterwards, so the model is
+    the plain VGG16-GAP), which leaves that plateau in 2-3 epochs instead of 4-6 at a
+    learning rate three times higher; training stops at the first epoch whose validation
+    accuracy reaches `target_accuracy` (`epochs` is a cap).
     """
 
     image_size: int = 64
@@ -47,9 +51,12 @@ class DefaultModelConfig:
     n_val: int = 500
     epochs: int = 9
     batch_size: int = 32
-    learning_rate: float = 3e-4
+    learning_rate: float = 1e-3
+    batch_norm: bool = True
+    jit_compile: bool = True
+    target_accuracy: Optional[float] = 0.97
     seed: int = 0
-    recipe: int = 2  # bump when the training code changes what it produces
+    recipe: int = 3  # bump when the training code changes what it produces
 
     def key(self) -> str:
         blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
@@ -68,8 +75,14 @@ def _supervised(ds: tf.data.Dataset, num_classes: int) -> tf.data.Dataset:
 def train(model: keras.Model, train_ds: tf.data.Dataset, val_ds: Optional[tf.data.Dataset] = None,
           *, epochs: int = 10, batch_size: int = 64, learning_rate: float = 1e-3,
           seed: int = 0, verbose: int = 1, shuffle_buffer: int = 16384,
-          uninformative: Optional[tf.data.Dataset] = None) -> dict:
+          uninformative: Optional[tf.data.Dataset] = None,
+          target_accuracy: Optional[float] = None, jit_compile: bool = False) -> dict:
     """Fit `model` on an xai dataset (dict elements); returns the history and timing.
+
+    With `target_accuracy` (and `val_ds`), training stops after the first epoch whose
+    validation accuracy reaches it: `epochs` is then a cap. `jit_compile` compiles the
+    training step with XLA (it fuses batch normalisation, which Keras otherwise runs as
+    separate operations).
 
     The data are cached in memory after the first epoch; shuffling is seeded.
     `uninformative` (dict elements with an ``"image"``, e.g. `xai.data.offline_uninformative`)
@@ -80,8 +93,9 @@ def train(model: keras.Model, train_ds: tf.data.Dataset, val_ds: Optional[tf.dat
     Raises
     ------
     ParameterError
-        `model` is not a keras.Model, `epochs` or `batch_size` is not an integer >= 1, or a
-        numeric `learning_rate` is not > 0.
+        `model` is not a keras.Model, `epochs` or `batch_size` is not an integer >= 1, a
+        numeric `learning_rate` is not > 0, or `target_accuracy` is not in (0, 1] or has no
+        `val_ds` to be measured on.
     ModelError
         `model` does not have one (batch, classes) output.
     """
@@ -90,6 +104,11 @@ def train(model: keras.Model, train_ds: tf.data.Dataset, val_ds: Optional[tf.dat
             raise ParameterError(f"{name} must be an integer >= 1; got {value!r}.")
     if isinstance(learning_rate, numbers.Real) and not learning_rate > 0:  # or a Keras schedule
         raise ParameterError(f"learning_rate must be > 0; got {learning_rate!r}.")
+    if target_accuracy is not None:
+        if not (isinstance(target_accuracy, numbers.Real) and 0 < target_accuracy <= 1):
+            raise ParameterError(f"target_accuracy must be in (0, 1]; got {target_accuracy!r}.")
+        if val_ds is None:
+            raise ParameterError("target_accuracy needs val_ds: it is a validation accuracy.")
     if not isinstance(model, keras.Model):
         raise ParameterError(f"model must be a keras.Model; got {type(model).__name__}.")
     outputs = getattr(model, "outputs", None) or []
@@ -110,16 +129,30 @@ def train(model: keras.Model, train_ds: tf.data.Dataset, val_ds: Optional[tf.dat
     if val_ds is not None:
         val_sup = _supervised(val_ds, num_classes).cache().batch(256).prefetch(tf.data.AUTOTUNE)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss="categorical_crossentropy", metrics=["accuracy"])
+                  loss="categorical_crossentropy", metrics=["accuracy"], jit_compile=jit_compile)
     start = time.perf_counter()
     # shuffle=False: the dataset is already shuffled (seeded) above; Keras ignores it anyway.
-    history = model.fit(train_sup, validation_data=val_sup, epochs=epochs, verbose=verbose, shuffle=False)
+    callbacks = [] if target_accuracy is None else [StopAtAccuracy(target_accuracy)]
+    history = model.fit(train_sup, validation_data=val_sup, epochs=epochs, verbose=verbose, shuffle=False,
+                        callbacks=callbacks)
     seconds = time.perf_counter() - start
     result = {"history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
-              "seconds": seconds}
+              "seconds": seconds, "epochs": len(history.history["loss"])}
     if val_sup is not None:
         result["val_accuracy"] = result["history"]["val_accuracy"][-1]
     return result
+
+
+class StopAtAccuracy(keras.callbacks.Callback):
+    """Stop training after the first epoch whose validation accuracy is at least `target`."""
+
+    def __init__(self, target: float):
+        super().__init__()
+        self.target = target
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (logs or {}).get("val_accuracy", 0.0) >= self.target:
+            self.model.stop_training = True
 
 
 def evaluate_accuracy(model: keras.Model, ds: tf.data.Dataset, batch_size: int = 256) -> float:
@@ -141,13 +174,17 @@ def train_default_model(config: DefaultModelConfig = DefaultModelConfig(), verbo
         uninformative = xdata.offline_uninformative(config.n_uninformative, config.image_size,
                                                     seed=config.seed, split="train")
     keras.utils.set_random_seed(config.seed)
-    model = vgg16_gap(input_shape=(config.image_size, config.image_size, 3),
-                      num_classes=config.num_classes, width=config.width,
-                      class_names=train_ds.class_names, pool5=config.pool5,
-                      centre_input=config.centre_input)
+    build = lambda batch_norm: vgg16_gap(  # noqa: E731
+        input_shape=(config.image_size, config.image_size, 3), num_classes=config.num_classes,
+        width=config.width, class_names=train_ds.class_names, pool5=config.pool5,
+        centre_input=config.centre_input, batch_norm=batch_norm)
+    model = build(config.batch_norm)
     report = train(model, train_ds, val_ds, epochs=config.epochs, batch_size=config.batch_size,
                    learning_rate=config.learning_rate, seed=config.seed, verbose=verbose,
-                   uninformative=uninformative)
+                   uninformative=uninformative, target_accuracy=config.target_accuracy,
+                   jit_compile=config.jit_compile)
+    if config.batch_norm:
+        model = fold_batch_norm(model, build(False))
     report["config"] = dataclasses.asdict(config)
     return model, report
 
