@@ -189,7 +189,10 @@ def test_fold_batch_norm_gives_the_plain_architecture_with_the_same_outputs():
     assert xai.models.model_spec(plain).feature_layer == "block5_conv3"
     assert xai.models.model_spec(trained).feature_layer == "block5_relu3"
     x = rng.random((4, 32, 32, 3)).astype("float32")
-    logits = lambda m: keras.Model(m.inputs, m.get_layer("predictions").input)(x).numpy()  # noqa: E731
+    def logits(model):  # the pooled features through the Dense layer, before its softmax
+        kernel, bias = model.get_layer("predictions").get_weights()
+        return keras.Model(model.inputs, model.get_layer("predictions").input)(x).numpy() @ kernel + bias
+
     np.testing.assert_allclose(logits(plain), logits(trained), rtol=1e-4, atol=1e-4 * np.abs(logits(trained)).max())
     with pytest.raises(ParameterError, match="batch_norm"):
         xai.vgg16_gap(weights="imagenet", batch_norm=True)

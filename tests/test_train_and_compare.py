@@ -36,7 +36,10 @@ def test_offline_default_model_reaches_the_accuracy_bar(trained_default):
     assert xai.models.model_spec(model).feature_layer == "block5_conv3"
     report = json.loads(trained_default["path"].with_suffix(".train.json").read_text())
     print(f"epochs {report['epochs']}, validation accuracy {report['history']['val_accuracy']}")
-    assert report["epochs"] == len(report["history"]["val_accuracy"]) <= report["config"]["epochs"]
+    # Training stopped at the first epoch that reached the target, or ran to the cap.
+    accuracy, target = report["history"]["val_accuracy"], report["config"]["target_accuracy"]
+    assert accuracy[-1] >= target or len(accuracy) == report["config"]["epochs"], accuracy
+    assert all(a < target for a in accuracy[:-1]), accuracy
     # Pictures that show no class get about the uniform answer, not a confident guess: where
     # the RISE protocol's deletion curves end (black) and insertion curves start (blurred).
     from xai import data

@@ -167,8 +167,8 @@ def vgg16_gap(
     batch_norm : bool, default False
         For training from scratch: each convolution (then linear, ``block1_conv1`` ...)
         is followed by ``BatchNormalization`` (``block1_bn1`` ...) and a ReLU
-        (``block1_relu1`` ...). It leaves the plateau at chance in a third of the epochs
-        (docs/data.md); `fold_batch_norm` turns the trained model into the plain
+        (``block1_relu1`` ...). Trained from scratch, it leaves the plateau at chance in 3
+        epochs instead of 4-6 (docs/data.md); `fold_batch_norm` turns the trained model into the plain
         architecture, with the same outputs. Not with ``weights="imagenet"``.
 
     Returns

@@ -5,10 +5,11 @@ copies, RISE scores at random masks, LIME and KernelSHAP fit random coalitions, 
 HSIC estimate indices from random designs. Two seeds give two maps; how far apart they are
 is the map's Monte Carlo error, which no confidence interval over images shows.
 
-The estimate here is the textbook one for independent replicates: the map is the mean of
-``k >= 4`` maps, each from its own seed and ``n / 4`` samples (so four replicates cost what one
-map of ``n`` samples costs), and its error is the standard error of that mean, relative to
-the mean's L2 norm,
+The estimate here is the textbook one for independent replicates: ``k >= 4`` replicates,
+each from its own seed and ``n / 4`` samples (so four replicates cost what one map of ``n``
+samples costs), are pooled into the map (their totals, or for Sobol and HSIC their designs,
+so that the method's own estimator sees every sample), and its error is the standard error
+of the mean of the replicates' maps, relative to the L2 norm,
 
     error = sqrt( sum_j |m_j - m|^2 / (k (k - 1)) ) / |m|.
 

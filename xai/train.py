@@ -76,13 +76,14 @@ def train(model: keras.Model, train_ds: tf.data.Dataset, val_ds: Optional[tf.dat
           *, epochs: int = 10, batch_size: int = 64, learning_rate: float = 1e-3,
           seed: int = 0, verbose: int = 1, shuffle_buffer: int = 16384,
           uninformative: Optional[tf.data.Dataset] = None,
-          target_accuracy: Optional[float] = None, jit_compile: bool = False) -> dict:
+          target_accuracy: Optional[float] = None, jit_compile="auto") -> dict:
     """Fit `model` on an xai dataset (dict elements); returns the history and timing.
 
     With `target_accuracy` (and `val_ds`), training stops after the first epoch whose
-    validation accuracy reaches it: `epochs` is then a cap. `jit_compile` compiles the
-    training step with XLA (it fuses batch normalisation, which Keras otherwise runs as
-    separate operations).
+    validation accuracy reaches it: `epochs` is then a cap. `jit_compile` is Keras' (default
+    ``"auto"``: XLA where Keras chooses it, on GPUs); True compiles the training step with
+    XLA on the CPU too, which fuses batch normalisation (Keras otherwise runs it as separate
+    operations).
 
     The data are cached in memory after the first epoch; shuffling is seeded.
     `uninformative` (dict elements with an ``"image"``, e.g. `xai.data.offline_uninformative`)
