@@ -56,7 +56,7 @@ class DefaultModelConfig:
     jit_compile: bool = True
     target_accuracy: Optional[float] = 0.97
     seed: int = 0
-    recipe: int = 3  # bump when the training code changes what it produces
+    recipe: int = 4  # bump when the training code changes what it produces
 
     def key(self) -> str:
         blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
@@ -134,8 +134,13 @@ def train(model: keras.Model, train_ds: tf.data.Dataset, val_ds: Optional[tf.dat
     start = time.perf_counter()
     # shuffle=False: the dataset is already shuffled (seeded) above; Keras ignores it anyway.
     callbacks = [] if target_accuracy is None else [StopAtAccuracy(target_accuracy)]
-    history = model.fit(train_sup, validation_data=val_sup, epochs=epochs, verbose=verbose, shuffle=False,
-                        callbacks=callbacks)
+    # One iterator for the whole fit (repeated, reshuffled each pass) where the epoch's length
+    # is known: Keras otherwise makes one per epoch, and tearing one down after the second
+    # epoch took 19 s on 2 cores (measured; not with a repeated dataset).
+    steps = int(train_sup.cardinality())
+    repeat = {"steps_per_epoch": steps} if steps > 0 else {}
+    history = model.fit(train_sup.repeat() if repeat else train_sup, validation_data=val_sup, epochs=epochs,
+                        verbose=verbose, shuffle=False, callbacks=callbacks, **repeat)
     seconds = time.perf_counter() - start
     result = {"history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
               "seconds": seconds, "epochs": len(history.history["loss"])}
