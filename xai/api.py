@@ -101,7 +101,7 @@ def _params(params) -> dict:
 
 
 def compare(model=None, *, methods: Union[str, Sequence[str], None] = None, dataset: str = "offline",
-            n_images: int = 64, metrics: Union[str, Sequence[str], None] = None, protocol: str = "rise",
+            n_images: int = 64, metrics: Union[str, Sequence[str], None] = None, protocol: str = "debiased",
             seed: int = 0, params: Optional[Mapping] = None, out: str = "xai-runs", backend: str = "local",
             address: Optional[str] = None, workers: Optional[int] = None, quiet: bool = False,
             batch_size: int = 16, n_examples: int = 4, sanity_images: int = 8,

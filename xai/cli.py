@@ -328,8 +328,10 @@ def parse_tolerance(text):
 @click.option("--n-images", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--metrics", default=None,
               help="Comma-separated metrics (default: the default set; `xai metrics` lists them all).")
-@click.option("--protocol", type=click.Choice(["rise", "xplique"]), default="rise", show_default=True,
-              help="Deletion/insertion preset (see docs/metrics.md).")
+@click.option("--protocol", type=click.Choice(["debiased", "rise", "xplique"]), default="debiased",
+              show_default=True,
+              help="Deletion/insertion preset: debiased (deletion inpaints deleted pixels), rise (the paper's: "
+                   "deleted pixels go black), xplique (see docs/metrics.md).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--tolerance", default=None, metavar="ERROR|none",
               help="Monte Carlo tolerance of stochastic maps: sampling stops per image once the map's relative "

@@ -57,7 +57,7 @@ class CompareConfig:
     model: Optional[str] = None  # a path, a keras.Model, or None: the cached offline default model
     n_images: int = 64
     metrics: Optional[Sequence[str]] = None  # None: the registry's default set
-    protocol: str = "rise"
+    protocol: str = "debiased"  # deletion/insertion preset (evaluation.faithfulness.PRESETS)
     seed: int = 0
     # Monte Carlo tolerance of stochastic maps (relative L2 error; None: fixed sample counts).
     tolerance: Optional[float] = DEFAULT_TOLERANCE
