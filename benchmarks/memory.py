@@ -59,7 +59,7 @@ def measure_compare(n: int) -> dict:
         start = time.perf_counter()
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         subprocess.run([xai, "compare", "--methods", "cam,vanilla_gradient,random", "--n-images", str(n),
-                        "--batch-size", "32", "--metrics", "deletion,insertion,pointing_game,relevance_mass",
+                        "--batch-size", "32", "--metrics", "deletion,insertion,pointing_game,relevance_mass", "--protocol", "rise",
                         "--out", out, "--quiet"], check=True, capture_output=True)
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     # ru_maxrss of children is the largest child so far: run each size in its own process.

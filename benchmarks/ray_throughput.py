@@ -27,7 +27,7 @@ def main(n_images: int, worker_counts: list[int]) -> None:
     xai.models.save_model(xai.vgg16_gap((64, 64, 3), num_classes=2, width=0.125), model)
     config = dict(model=str(model), methods=["vanilla_gradient", "cam", "rise"], n_images=n_images,
                   batch_size=8, method_params={"rise": {"n_masks": 256}}, metrics=["deletion", "insertion"],
-                  tolerance=None)  # fixed counts: the same work on every backend and every run
+                  protocol="rise", tolerance=None)  # fixed counts: the same work on every backend and every run
     for label, extra in [("local", {})] + [(f"ray x{w}", {"backend": "ray", "workers": w}) for w in worker_counts]:
         out = tmp / label.replace(" ", "")
         start = time.perf_counter()

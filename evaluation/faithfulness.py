@@ -262,7 +262,8 @@ def causal_curves(mode: str, model, images, targets, maps, *, protocol: str = "r
         if inpainted:
             # With every pixel removed there is nothing to inpaint from: the image is 0.
             substrate = np.zeros_like(x)
-            substrate_text = "inpainted from the kept pixels (push-pull pyramid, xai.baselines.inpaint)"
+            substrate_text = ("inpainted from the kept pixels (push-pull pyramid, xai.baselines.inpaint); "
+                              "with none kept, 0")
         else:
             substrate, substrate_text = make_baseline(x, settings["baseline"])
         start, end = (x, substrate) if mode == "deletion" else (substrate, x)

@@ -476,3 +476,40 @@ def test_sanity_checkpoints_on_keras_applications(name, size, n_stages):
     if name == "ResNet50":
         assert checkpoints == ["predictions", "conv5_block3_3_bn", "conv4_block6_3_bn", "conv3_block4_3_bn",
                                "conv2_block3_3_bn", "conv1_bn", "conv1_conv"]
+
+
+def test_sanity_skips_the_cascade_of_a_method_too_noisy_to_read(tiny_model, images, monkeypatch):
+    """When two seeds' maps of the unchanged model agree no more than the threshold, no
+    cascade reading could say anything: the cascade is not run (NaN rows, no re-run of the
+    method), and the floor is the same as when it is run."""
+    targets = [0, 1, 0, 1]
+    params = {"n_masks": 8, "mask_resolution": 4}  # 8 masks: maps far from their own seed's
+    full = ev.model_randomisation("rise", tiny_model, images, targets, params=params,
+                                  layers=["predictions", "block1_conv1"])
+    floor = float(np.nanmean(full["seed_floor"]))
+    calls = []
+    counted = sanity.maps_at
+    monkeypatch.setattr(sanity, "maps_at", lambda *a, **k: calls.append(1) or counted(*a, **k))
+    explainer = xai.create_explainer("rise", tiny_model, **params)
+    skipped = ev.model_randomisation(explainer, tiny_model, images, targets, layers=["predictions", "block1_conv1"],
+                                     min_seed_floor=floor + 0.01)
+    assert np.isnan(skipped["spearman"]).all() and skipped["spearman"].shape == (2, 4)
+    assert len(calls) == 2  # the original maps and the other seed's: no checkpoint re-run
+    np.testing.assert_allclose(skipped["seed_floor"], full["seed_floor"], atol=1e-6)
+    kept = ev.model_randomisation("rise", tiny_model, images, targets, params=params,
+                                  layers=["predictions", "block1_conv1"], min_seed_floor=floor - 0.01)
+    np.testing.assert_allclose(kept["spearman"], full["spearman"], atol=1e-6)
+    assert len(calls) == 2 + 2 + 2  # and this time both checkpoints
+    # The metric skips at the report's threshold, and the report reads such a method as too noisy.
+    from xai.report import sanity_readings
+    metric = xai.evaluation.registry.get_metric("sanity").per_method
+    calls.clear()
+    result = metric(get_explainer("rise"), tiny_model, images, np.array(targets, np.int32),
+                    params=params, tolerance=None)
+    assert result["seed_floor_mean"] == pytest.approx(floor, abs=1e-6)
+    if floor <= sanity.SANITY_THRESHOLD:
+        assert result["spearman_mean"] == [None] * len(result["layers"]) and len(calls) == 2
+    else:  # the same masks give the same floor: this branch would mean the test lost its point
+        pytest.fail(f"8 masks should not agree across seeds above the threshold; floor {floor:.2f}")
+    reading = sanity_readings({"rise": result}, 2)["rise"]
+    assert reading == {"cascade": None, "random_logit": None, "too_noisy": True}

@@ -61,7 +61,7 @@ def test_registry_metrics_share_one_batch_morf_curve(tiny_model, images):
     scorer = ev.ModelScorer(tiny_model)
     inputs = MetricInputs(scorer=scorer, images=images, targets=targets, maps=maps)
     rows_fn, calls = scorer.rows_fn("probability"), []
-    scorer._compiled["probability"] = lambda *a: calls.append(len(a[-1])) or rows_fn(*a)
+    scorer._compiled["probability", False] = lambda *a: calls.append(len(a[-1])) or rows_fn(*a)
     deletion = get_metric("deletion").per_batch(inputs)
     gain = get_metric("symmetric_relevance_gain").per_batch(inputs)
     np.testing.assert_allclose(deletion.values, ev.deletion(tiny_model, images, targets, maps).auc, atol=1e-7)

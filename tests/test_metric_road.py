@@ -220,6 +220,22 @@ def test_inpaint_keeps_kept_pixels_and_constants_and_zeroes_an_empty_image():
     assert np.all(out[removed] >= kept.min(0) - 1e-6) and np.all(out[removed] <= kept.max(0) + 1e-6)
 
 
+def test_inpaint_by_hand_on_an_odd_size():
+    # 3x3, kept: 0 at the top-left corner, 1 at the bottom-right. Level 1 (the image padded to
+    # 4x4, summed 2x2): [[0, -], [-, 1]]; level 2: their mean 0.5, which fills level 1's empty
+    # cells; the centre pixel is level 1 upsampled bilinearly at (0.25, 0.25) of its grid:
+    # 0.75^2 * 0 + 2 * 0.75 * 0.25 * 0.5 + 0.25^2 * 1 = 0.25. (Padding that counted the corner
+    # cell four times would give 0.3625.)
+    from xai.baselines import inpaint
+    x = np.zeros((1, 3, 3, 1), np.float32)
+    x[0, 2, 2] = 1
+    removed = np.ones((1, 3, 3), bool)
+    removed[0, 0, 0] = removed[0, 2, 2] = False
+    out = inpaint(x, removed).numpy()[0, :, :, 0]
+    assert out[1, 1] == pytest.approx(0.25)
+    assert out[0, 0] == 0 and out[2, 2] == 1 and out[0, 1] == pytest.approx(out[1, 0])
+
+
 def test_inpaint_approximates_roads_linear_imputation_of_an_object():
     # The offline data's objects: whole regions removed, as a good map's top pixels are.
     from xai.baselines import inpaint

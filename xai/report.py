@@ -79,9 +79,9 @@ def summary_table(arrays: dict, trusted=None) -> list[dict]:
 
 #: Example images shown in report.html; the rest of the gallery goes to further pages of this size.
 GALLERY_PAGE = 12
-#: Adebayo et al. 2018 read their checks by eye; xai states a line: a method passes when its
-#: maps' mean Spearman correlation with the original falls to this or below.
-SANITY_THRESHOLD = 0.5
+# SANITY_THRESHOLD: Adebayo et al. 2018 read their checks by eye; xai states a line (a method
+# passes when its maps' mean Spearman correlation with the original falls to it or below).
+from xai.evaluation.sanity import SANITY_THRESHOLD  # noqa: E402
 #: Okabe & Ito's colour-blind-safe qualitative palette (curves; line styles repeat it past 8).
 OKABE_ITO = ("#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7")
 #: Colour-blind-safe sequential shades (light to dark blue, ColorBrewer "Blues") for ranks.

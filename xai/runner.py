@@ -29,8 +29,9 @@ import xai
 from xai.errors import ConfigError, DataError, ModelError, NotApplicable, ParameterError, StoreError
 from xai.execution import IMAGE_SOURCES, LocalBackend, ShardSource, WorkPlan, batches, store_outcome
 
-#: Version of the identity's layout: bump it when the same run would get another key.
-KEY_VERSION = 2
+#: Version of the identity's layout: bump it when the same run would get another key
+#: (3: the protocol's settings, not only its name).
+KEY_VERSION = 3
 
 
 def _provenance(default=None, **kwargs):
@@ -215,6 +216,10 @@ def run_identity(resolved: ResolvedConfig, model_info: dict, spec, dataset_ident
                            for m in resolved.methods}
     del identity["method_params"]
     identity["metrics"] = list(resolved.metrics)
+    # The preset's settings, so that a preset redefined (as "debiased" may be) starts a new run.
+    from xai.evaluation.faithfulness import PRESETS
+
+    identity["protocol_settings"] = dict(PRESETS[config.protocol])
     identity["model"] = {"digest": model_info["digest"]}
     identity["dataset"] = identity_of(config.dataset)[0] if dataset_identity is None else dataset_identity
     identity["input_shape"] = list(spec.input_shape)
