@@ -206,6 +206,7 @@ def peer_cases(model, images, targets, args, settings, layer: str):
 def metric_floors(args) -> dict:
     """metric -> (floor kind, passes per image): the forward passes each metric must make."""
     return {"deletion": ("fwd", args.steps + 1), "insertion": ("fwd", args.steps + 1),
+            "deletion_debiased": ("fwd", args.steps + 1), "deletion_road_exact": ("fwd", args.steps + 1),
             "symmetric_relevance_gain": ("fwd", 2 * (args.steps + 1)),
             "road_morf": ("fwd", len(DEFAULT_FRACTIONS)),
             "mufidelity": ("fwd", args.subsets + 1),
@@ -234,6 +235,14 @@ def ours_fns(model, images, targets, args, settings, jit: bool):
                                              steps=args.steps, batch_size=args.rows),
         "insertion": lambda: ev.causal_curves("insertion", scorer, images, targets, maps, protocol="xplique",
                                               steps=args.steps, batch_size=args.rows),
+        # `xai compare`'s deletion: the deleted pixels inpainted on the device (the floor has
+        # no inpainting: the ratio is what debiasing costs), and the same curves with ROAD's
+        # exact imputation, one sparse solve per image and step on the host.
+        "deletion_debiased": lambda: ev.causal_curves("deletion", scorer, images, targets, maps,
+                                                      protocol="debiased", steps=args.steps, batch_size=args.rows),
+        "deletion_road_exact": lambda: ev.causal_curves("deletion", scorer, images, targets, maps,
+                                                        protocol="debiased", baseline="noisy_linear",
+                                                        steps=args.steps, batch_size=args.rows),
         "symmetric_relevance_gain": lambda: ev.symmetric_relevance_gain(
             scorer, images, targets, maps, protocol="xplique", steps=args.steps, batch_size=args.rows),
         "road_morf": lambda: ev.road(scorer, images, targets, maps, batch_size=args.rows),
@@ -302,7 +311,7 @@ def largest_change(reference: dict, other: dict) -> dict:
     changes = {}
     for name, ref in reference.items():
         diff = np.abs(np.asarray(other[name], np.float64) - np.asarray(ref, np.float64)).max()
-        changes[name] = float(diff if name in ("deletion", "insertion") else diff / (np.abs(ref).max() + 1e-30))
+        changes[name] = float(diff if name.startswith("deletion") or name == "insertion" else diff / (np.abs(ref).max() + 1e-30))
     return changes
 
 

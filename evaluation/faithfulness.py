@@ -108,6 +108,19 @@ class ModelScorer:
             memo[key] = self.scores(x, t, score)
         return memo[key]
 
+    def baseline(self, images: np.ndarray, baseline) -> tuple[np.ndarray, str]:
+        """`make_baseline`, remembered for the last few (images, named or constant baseline):
+        every method's insertion curves of a batch start from the same blurred images."""
+        if callable(baseline):
+            return make_baseline(images, baseline)
+        key = (content_digest(np.ascontiguousarray(images, np.float32)), repr(baseline))
+        memo = self.__dict__.setdefault("_baselines", {})
+        if key not in memo:
+            if len(memo) >= 4:
+                memo.pop(next(iter(memo)))
+            memo[key] = make_baseline(images, baseline)
+        return memo[key]
+
     def rows_fn(self, score: str, inpainted: bool = False):
         """Compiled (start, end, ranks, targets, rows, counts) -> scores, one per score kind;
         `inpainted`: switched pixels are inpainted from the rest of `start` (`end` unread)."""
@@ -265,7 +278,7 @@ def causal_curves(mode: str, model, images, targets, maps, *, protocol: str = "r
             substrate_text = ("inpainted from the kept pixels (push-pull pyramid, xai.baselines.inpaint); "
                               "with none kept, 0")
         else:
-            substrate, substrate_text = make_baseline(x, settings["baseline"])
+            substrate, substrate_text = scorer.baseline(x, settings["baseline"])
         start, end = (x, substrate) if mode == "deletion" else (substrate, x)
         start_t, end_t = tf.convert_to_tensor(start), tf.convert_to_tensor(end)
         targets_t = tf.convert_to_tensor(t)

@@ -513,3 +513,20 @@ def test_sanity_skips_the_cascade_of_a_method_too_noisy_to_read(tiny_model, imag
         pytest.fail(f"8 masks should not agree across seeds above the threshold; floor {floor:.2f}")
     reading = sanity_readings({"rise": result}, 2)["rise"]
     assert reading == {"cascade": None, "random_logit": None, "too_noisy": True}
+
+
+def test_scorer_remembers_a_batchs_baseline_for_every_method(tiny_model, images):
+    """Every method's insertion curves of a batch start from the same blurred images: blurred
+    once per batch, and what a curve reads is make_baseline's value."""
+    from xai.evaluation.faithfulness import make_baseline
+    scorer = ev.ModelScorer(tiny_model)
+    first, text = scorer.baseline(images[:2], "blur")
+    again, _ = scorer.baseline(images[:2].copy(), "blur")
+    assert again is first and "blur" in text
+    np.testing.assert_array_equal(first, make_baseline(images[:2], "blur")[0])
+    other, _ = scorer.baseline(images[2:], "blur")
+    np.testing.assert_array_equal(other, make_baseline(images[2:], "blur")[0])
+    assert scorer.baseline(images[:2], 0.5)[0].max() == 0.5  # keyed by the baseline too
+    curves = ev.insertion(scorer, images[:2], [0, 1], images[:2].mean(-1), steps=4)
+    np.testing.assert_allclose(curves.auc, ev.insertion(tiny_model, images[:2], [0, 1], images[:2].mean(-1),
+                                                        steps=4).auc, atol=1e-7)
