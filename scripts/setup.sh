@@ -12,7 +12,7 @@ fi
 stamp=".venv/.xai-installed${extras:+-$extras}"
 want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1) $(.venv/bin/python -V 2>&1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/xai ] \
-    && (cd / && "$OLDPWD/.venv/bin/python" -c "import xai" 2>/dev/null); then
+    && (root="$PWD" && cd / && "$root/.venv/bin/python" -c "import xai" 2>/dev/null); then
   exit 0
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip

@@ -17,6 +17,9 @@ from xai import display  # noqa: E402
 from xai.evaluation import statistics as st  # noqa: E402
 from xai.evaluation import registry as metric_registry
 from xai.evaluation.meta_evaluation import meta_evaluate
+# Adebayo et al. 2018 read their checks by eye; xai states a line (SANITY_THRESHOLD): a method
+# passes when its maps' mean Spearman correlation with the original falls to it or below.
+from xai.evaluation.sanity import SANITY_THRESHOLD
 from xai.store import ResultsStore  # noqa: E402
 
 def metric_info() -> dict:
@@ -79,9 +82,6 @@ def summary_table(arrays: dict, trusted=None) -> list[dict]:
 
 #: Example images shown in report.html; the rest of the gallery goes to further pages of this size.
 GALLERY_PAGE = 12
-# SANITY_THRESHOLD: Adebayo et al. 2018 read their checks by eye; xai states a line (a method
-# passes when its maps' mean Spearman correlation with the original falls to it or below).
-from xai.evaluation.sanity import SANITY_THRESHOLD  # noqa: E402
 #: Okabe & Ito's colour-blind-safe qualitative palette (curves; line styles repeat it past 8).
 OKABE_ITO = ("#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7")
 #: Colour-blind-safe sequential shades (light to dark blue, ColorBrewer "Blues") for ranks.
