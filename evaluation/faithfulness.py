@@ -95,18 +95,23 @@ class ModelScorer:
                for s in range(0, len(x), batch_size)]
         return tf.concat(out, 0).numpy().astype(np.float64) if out else np.zeros(0)
 
+    def _remembered(self, name: str, key, size: int, compute):
+        """`compute()`, remembered under `key` among the last `size` of its kind `name`."""
+        memo = self.__dict__.setdefault(name, {})
+        if key not in memo:
+            if len(memo) >= size:
+                memo.pop(next(iter(memo)))
+            memo[key] = compute()
+        return memo[key]
+
     def unperturbed_scores(self, images, targets, score: str) -> np.ndarray:
         """`scores`, remembered for the last few (images, targets, score): every deletion
         and insertion curve of a batch starts or ends on the images themselves or on their
         baseline, for every method."""
         x, t = np.ascontiguousarray(images, np.float32), np.ascontiguousarray(targets, np.int32)
-        key = (content_digest(x), t.tobytes(), score)
-        memo = self.__dict__.setdefault("_unperturbed", {})
-        if key not in memo:
-            if len(memo) >= 8:  # a batch needs three (images, zero and blurred baselines)
-                memo.pop(next(iter(memo)))
-            memo[key] = self.scores(x, t, score)
-        return memo[key]
+        # 8: a batch needs three (images, zero and blurred baselines).
+        return self._remembered("_unperturbed", (content_digest(x), t.tobytes(), score), 8,
+                                lambda: self.scores(x, t, score))
 
     def baseline(self, images: np.ndarray, baseline) -> tuple[np.ndarray, str]:
         """`make_baseline`, remembered for the last few (images, named or constant baseline):
@@ -114,12 +119,7 @@ class ModelScorer:
         if callable(baseline):
             return make_baseline(images, baseline)
         key = (content_digest(np.ascontiguousarray(images, np.float32)), repr(baseline))
-        memo = self.__dict__.setdefault("_baselines", {})
-        if key not in memo:
-            if len(memo) >= 4:
-                memo.pop(next(iter(memo)))
-            memo[key] = make_baseline(images, baseline)
-        return memo[key]
+        return self._remembered("_baselines", key, 4, lambda: make_baseline(images, baseline))
 
     def rows_fn(self, score: str, inpainted: bool = False):
         """Compiled (start, end, ranks, targets, rows, counts) -> scores, one per score kind;
@@ -272,13 +272,10 @@ def causal_curves(mode: str, model, images, targets, maps, *, protocol: str = "r
         curves, substrate_text = _imputed_curves(scorer, x, t, ranks.numpy(), counts, settings["score"],
                                                  settings["batch_size"])
     else:
-        if inpainted:
-            # With every pixel removed there is nothing to inpaint from: the image is 0.
-            substrate = np.zeros_like(x)
-            substrate_text = ("inpainted from the kept pixels (push-pull pyramid, xai.baselines.inpaint); "
-                              "with none kept, 0")
-        else:
-            substrate, substrate_text = scorer.baseline(x, settings["baseline"])
+        # Inpainted, the last point has nothing to inpaint from: its image is 0.
+        substrate, substrate_text = ((np.zeros_like(x), "inpainted from the kept pixels (push-pull pyramid, "
+                                      "xai.baselines.inpaint); with none kept, 0") if inpainted
+                                     else scorer.baseline(x, settings["baseline"]))
         start, end = (x, substrate) if mode == "deletion" else (substrate, x)
         start_t, end_t = tf.convert_to_tensor(start), tf.convert_to_tensor(end)
         targets_t = tf.convert_to_tensor(t)

@@ -209,7 +209,7 @@ def test_registered_with_direction_and_seed(tiny_model, images):
 
 def test_inpaint_keeps_kept_pixels_and_constants_and_zeroes_an_empty_image():
     from xai.baselines import inpaint
-    x = np.random.default_rng(0).random((2, 13, 10, 3), np.float32)  # odd sizes: SAME pooling
+    x = np.random.default_rng(0).random((2, 13, 10, 3), np.float32)  # odd sides: padded before pooling
     removed = _mask((2, 13, 10), 0.7)
     out = inpaint(x, removed).numpy()
     np.testing.assert_array_equal(out[~removed], x[~removed])
